@@ -1,0 +1,255 @@
+"""FHIR REST interactions at ``/fhir`` (http://hl7.org/fhir/R4/http.html).
+
+Each handler: check the format, read parameters, call the service in a worker thread (the
+service and storage are synchronous), shape the HTTP answer. Errors propagate as exceptions to
+:mod:`carebridge.api.errors`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from carebridge.api import negotiation as neg
+from carebridge.api.responses import fhir_json, version_headers
+from carebridge.fhir.errors import BadRequest, NotImplementedYet, information
+from carebridge.fhir.resource import format_instant, parse_instant, parse_json
+from carebridge.fhir.subsetting import select_elements, summarize
+from carebridge.security.policy import Caller
+from carebridge.services.bundles import BundleProcessor
+from carebridge.services.resources import ResourceService, WriteResult
+from carebridge.storage.base import HistoryPage, StoredVersion
+
+_METHOD_STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK",
+                  "DELETE": "204 No Content"}
+
+
+class FhirRoutes:
+    def __init__(self, service: ResourceService, *, max_body_bytes: int,
+                 default_count: int = 50, max_count: int = 1000) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.default_count = default_count
+        self.max_count = max_count
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def base_url(request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}/fhir"
+
+    @staticmethod
+    def caller(request: Request) -> Caller:
+        caller = request.scope.get("carebridge.caller")
+        if isinstance(caller, Caller):
+            return caller
+        client = request.client
+        return Caller("anonymous", remote_addr=client.host if client else None)
+
+    def _resource_response(
+        self, request: Request, version: StoredVersion, status: int = 200,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        headers = version_headers(version)
+        if extra:
+            headers.update(extra)
+        assert version.body is not None
+        mode = neg.summary_mode(request)
+        elements = request.query_params.get("_elements")
+        pretty = neg.pretty(request)
+        if mode == "count":
+            raise BadRequest("_summary=count applies to searches, not reads", ("_summary",))
+        if mode not in (None, "false") or elements:
+            resource = orjson.loads(version.body)
+            if mode not in (None, "false"):
+                resource = summarize(resource, mode)
+            if elements:
+                resource = select_elements(resource, elements.split(","))
+            return fhir_json(resource, status, headers, pretty=pretty)
+        return fhir_json(version.body, status, headers, pretty=pretty)
+
+    def _write_response(self, request: Request, result: WriteResult) -> Response:
+        version = result.version
+        location = (f"{self.base_url(request)}/{version.resource_type}/{version.id}"
+                    f"/_history/{version.version}")
+        headers = version_headers(version)
+        if result.status == 201:
+            headers["Location"] = location
+        else:
+            headers["Content-Location"] = location
+        preference = neg.prefer(request).return_
+        if preference == "minimal":
+            return Response(status_code=result.status, headers=headers)
+        if preference == "OperationOutcome":
+            verb = "created" if result.status == 201 else (
+                "updated" if result.changed else "unchanged (same content)")
+            message = f"{version.resource_type}/{version.id} {verb}, version {version.version}"
+            return fhir_json(information(message), result.status, headers,
+                             pretty=neg.pretty(request))
+        return self._resource_response(request, version, result.status, headers)
+
+    # ------------------------------------------------------------ instance level
+
+    async def read(self, request: Request) -> Response:
+        neg.check_accept(request)
+        rtype, rid = request.path_params["type"], request.path_params["id"]
+        version = await run_in_threadpool(self.service.read, self.caller(request), rtype, rid)
+        return self._resource_response(request, version)
+
+    async def vread(self, request: Request) -> Response:
+        neg.check_accept(request)
+        p = request.path_params
+        version = await run_in_threadpool(
+            self.service.vread, self.caller(request), p["type"], p["id"], p["vid"]
+        )
+        return self._resource_response(request, version)
+
+    async def create(self, request: Request) -> Response:
+        neg.check_accept(request)
+        body = await neg.read_body(request, self.max_body_bytes)
+        rtype = request.path_params["type"]
+        if request.headers.get("if-none-exist"):
+            raise NotImplementedYet(
+                "Conditional create (If-None-Exist) needs search, which this server does not"
+                " support yet", ("If-None-Exist",))
+        result = await run_in_threadpool(self.service.create, self.caller(request), rtype, body)
+        return self._write_response(request, result)
+
+    async def update(self, request: Request) -> Response:
+        neg.check_accept(request)
+        body = await neg.read_body(request, self.max_body_bytes)
+        p = request.path_params
+        result = await run_in_threadpool(
+            lambda: self.service.update(self.caller(request), p["type"], p["id"], body,
+                                        if_match=neg.if_match(request)))
+        return self._write_response(request, result)
+
+    async def patch(self, request: Request) -> Response:
+        neg.check_accept(request)
+        body = await neg.read_body(request, self.max_body_bytes, patch=True)
+        p = request.path_params
+        result = await run_in_threadpool(
+            lambda: self.service.patch(self.caller(request), p["type"], p["id"], body,
+                                       if_match=neg.if_match(request)))
+        return self._write_response(request, result)
+
+    async def delete(self, request: Request) -> Response:
+        neg.check_accept(request)
+        p = request.path_params
+        result = await run_in_threadpool(
+            lambda: self.service.delete(self.caller(request), p["type"], p["id"],
+                                        if_match=neg.if_match(request)))
+        headers = version_headers(result.version) if result else {}
+        if neg.prefer(request).return_ == "OperationOutcome":
+            text = (f"{p['type']}/{p['id']} deleted" if result
+                    else f"{p['type']}/{p['id']} did not exist or was already deleted")
+            return fhir_json(information(text), 200, headers)
+        return Response(status_code=204, headers=headers)
+
+    async def search_not_supported(self, request: Request) -> Response:
+        raise NotImplementedYet(
+            "Search is not supported yet by this server; read resources by id or page"
+            " through _history")
+
+    # ------------------------------------------------------------ bundles
+
+    async def bundle(self, request: Request) -> Response:
+        neg.check_accept(request)
+        body = await neg.read_body(request, self.max_body_bytes)
+        bundle = parse_json(body)
+        processor = BundleProcessor(self.service, self.base_url(request))
+        representation = neg.prefer(request).return_ == "representation" and (
+            "return=representation" in request.headers.get("prefer", ""))
+        response = await run_in_threadpool(
+            lambda: processor.process(self.caller(request), bundle,
+                                      representation=representation))
+        return fhir_json(response, pretty=neg.pretty(request))
+
+    # ------------------------------------------------------------ history
+
+    async def history(self, request: Request) -> Response:
+        neg.check_accept(request)
+        rtype = request.path_params.get("type")
+        rid = request.path_params.get("id")
+        q = request.query_params
+        for unsupported in ("_at", "_list"):
+            if unsupported in q:
+                raise NotImplementedYet(f"{unsupported} is not supported on _history",
+                                        (unsupported,))
+        since = parse_instant(q["_since"]) if "_since" in q else None
+        count = neg.count(request, self.default_count, self.max_count)
+        before, after = _cursor(q.get("_cursor"))
+        page: HistoryPage = await run_in_threadpool(
+            lambda: self.service.history(
+                self.caller(request), rtype, rid, since=since, before_seq=before,
+                after_seq=after, count=count, with_total=True))
+        base = self.base_url(request)
+        path = "/".join(x for x in (base, rtype, rid, "_history") if x)
+        bundle = history_bundle(page, base, path, since, count, before, after)
+        return fhir_json(bundle, pretty=neg.pretty(request))
+
+
+def _cursor(raw: str | None) -> tuple[int | None, int | None]:
+    if raw is None:
+        return None, None
+    kind, _, seq = raw.partition(":")
+    if kind not in ("before", "after") or not seq.isdigit():
+        raise BadRequest(f"Invalid _cursor {raw!r}; use the links the server gave",
+                         ("_cursor",))
+    return (int(seq), None) if kind == "before" else (None, int(seq))
+
+
+def history_bundle(
+    page: HistoryPage, base: str, path: str, since: datetime | None, count: int,
+    before: int | None, after: int | None,
+) -> dict[str, Any]:
+    """A ``history`` Bundle, newest first, with keyset ``next``/``previous`` links."""
+    params: dict[str, str] = {"_count": str(count)}
+    if since is not None:
+        params["_since"] = format_instant(since)
+
+    def link(relation: str, cursor: str | None) -> dict[str, str]:
+        query = dict(params)
+        if cursor is not None:
+            query["_cursor"] = cursor
+        return {"relation": relation, "url": f"{path}?{urlencode(query)}"}
+
+    cursor_now = f"before:{before}" if before is not None else (
+        f"after:{after}" if after is not None else None)
+    links = [link("self", cursor_now), link("first", None)]
+    if page.entries:
+        last_seq = page.entries[-1][0]
+        first_seq = page.entries[0][0]
+        full = len(page.entries) == count
+        if full or after is not None:
+            links.append(link("next", f"before:{last_seq}"))
+        if before is not None or (after is not None and full):
+            links.append(link("previous", f"after:{first_seq}"))
+    entries = []
+    for _, version in page.entries:
+        ref = f"{version.resource_type}/{version.id}"
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{ref}"}
+        if version.body is not None:
+            entry["resource"] = orjson.Fragment(version.body)
+        entry["request"] = {
+            "method": "POST" if version.method == "POST" else version.method,
+            "url": version.resource_type if version.method == "POST" else ref,
+        }
+        entry["response"] = {
+            "status": _METHOD_STATUS[version.method],
+            "etag": f'W/"{version.version}"',
+            "lastModified": format_instant(version.last_updated),
+        }
+        entries.append(entry)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+    if page.total is not None:
+        bundle["total"] = page.total
+    bundle["link"] = links
+    bundle["entry"] = entries
+    return bundle

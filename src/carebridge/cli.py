@@ -1,0 +1,166 @@
+"""The ``carebridge`` command: serve, migrate, import, demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from carebridge.app import build_application
+from carebridge.config import Settings
+from carebridge.security.policy import SYSTEM
+from carebridge.services.importer import FileResult, Importer, expand_paths
+from carebridge.services.resources import ResourceService
+from carebridge.storage import open_repository
+from carebridge.storage.factory import DEFAULT_DATABASE_URL
+
+app = typer.Typer(help="carebridge: FHIR R4 health data platform", no_args_is_help=True,
+                  add_completion=False)
+console = Console()
+
+Database = Annotated[
+    str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",
+                      help="sqlite:///path or postgresql://user@host:port/db")
+]
+Host = Annotated[str, typer.Option(envvar="CAREBRIDGE_HOST", help="address to listen on")]
+Port = Annotated[int, typer.Option(envvar="CAREBRIDGE_PORT", help="port to listen on")]
+
+
+def _serve(settings: Settings) -> None:
+    application = build_application(settings)
+    console.print(
+        f"[bold green]carebridge[/] FHIR R4 at http://{settings.host}:{settings.port}/fhir"
+        f"  (database: {_redact(settings.database_url)})"
+    )
+    uvicorn.run(application.asgi, host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+@app.command()
+def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
+          port: Port = 8080) -> None:
+    """Run the FHIR server."""
+    _serve(Settings(database_url=database, host=host, port=port))
+
+
+@app.command()
+def migrate(database: Database = DEFAULT_DATABASE_URL) -> None:
+    """Apply pending schema migrations and exit."""
+    repo = open_repository(database, migrate=False)
+    try:
+        applied = repo.migrate()
+        version = repo.schema_version()
+    finally:
+        repo.close()
+    if applied:
+        console.print(f"applied: {', '.join(applied)}")
+    console.print(f"schema version {version}")
+
+
+def import_paths(database: str, paths: list[Path], quiet: bool = False) -> list[FileResult]:
+    repo = open_repository(database)
+    try:
+        importer = Importer(ResourceService(repo), SYSTEM)
+        files_to_load = expand_paths(paths)
+        results: list[FileResult] = []
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, disable=quiet) as progress:
+            task = progress.add_task("importing", total=len(files_to_load))
+            for path in files_to_load:
+                progress.update(task, description=f"importing {path.name}")
+                result = importer.load_file(path)
+                results.append(result)
+                if not quiet:
+                    mark = "[green]ok[/]" if result.ok else f"[red]failed[/]: {result.error}"
+                    progress.console.print(
+                        f"{path}: {mark} ({result.total} resources, {result.seconds:.2f} s)")
+                progress.advance(task)
+        return results
+    finally:
+        repo.close()
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(exists=True, help="files or folders")],
+    database: Database = DEFAULT_DATABASE_URL,
+) -> None:
+    """Load transaction/batch bundles, resources or NDJSON files (or folders of them).
+
+    Each file loads all or nothing; a failed file does not stop the others. Exits 1 if any
+    file failed.
+    """
+    started = time.perf_counter()
+    results = import_paths(database, paths)
+    loaded = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    by_type: dict[str, int] = {}
+    for r in loaded:
+        for rtype, n in r.resources.items():
+            by_type[rtype] = by_type.get(rtype, 0) + n
+    table = Table(title="import summary")
+    table.add_column("resource type")
+    table.add_column("count", justify="right")
+    for rtype, n in sorted(by_type.items()):
+        table.add_row(rtype, str(n))
+    console.print(table)
+    total = sum(by_type.values())
+    seconds = time.perf_counter() - started
+    console.print(f"{len(loaded)} files loaded, {len(failed)} failed, {total} resources"
+                  f" in {seconds:.1f} s")
+    for r in failed:
+        console.print(f"[red]failed[/] {r.path}: {r.error}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def demo_data_dir() -> Path:
+    return Path(str(files("carebridge") / "demo" / "data"))
+
+
+@app.command()
+def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
+         port: Port = 8080) -> None:
+    """Load the sample patients (once) and run the server."""
+    repo = open_repository(database)
+    try:
+        service = ResourceService(repo)
+        have = service.count(SYSTEM, "Patient").get("Patient", 0)
+    finally:
+        repo.close()
+    if not have:
+        results = import_paths(database, [demo_data_dir()])
+        if not all(r.ok for r in results):
+            raise typer.Exit(1)
+    repo = open_repository(database)
+    try:
+        with repo.session() as session:
+            page = session.history("Patient", None, since=None, before_seq=None,
+                                   after_seq=None, count=5, with_total=False)
+    finally:
+        repo.close()
+    console.print("Sample patients:")
+    for _, version in page.entries:
+        console.print(f"  http://{host}:{port}/fhir/Patient/{version.id}")
+    _serve(Settings(database_url=database, host=host, port=port))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()

@@ -1,0 +1,15 @@
+"""Settings, from command-line options or ``CAREBRIDGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from carebridge.storage.factory import DEFAULT_DATABASE_URL
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024 * 1024

@@ -1,0 +1,163 @@
+"""Plain helpers on FHIR JSON resources: parsing, ids, instants, references.
+
+Resources stay ``dict`` trees parsed by orjson; there are no model classes on the hot path
+(the server stores and serves JSON bytes).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from carebridge.fhir import registry
+from carebridge.fhir.errors import BadRequest
+
+# http://hl7.org/fhir/R4/datatypes.html#id
+ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+Resource = dict[str, Any]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_id(value: object, expression: str = "id") -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise BadRequest(
+            f"Invalid resource id {value!r}: ids are 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+            (expression,),
+        )
+    return value
+
+
+def check_resource_type(name: str) -> str:
+    """Raise if ``name`` is not a concrete R4 resource type (404 at the URL level is the
+    caller's choice; this is the body check)."""
+    if not registry.is_resource_type(name):
+        raise BadRequest(f"Unknown resource type {name!r}", ("resourceType",))
+    return name
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    if not body:
+        raise BadRequest(f"The {what} is empty; a FHIR JSON resource was expected")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The {what} is not valid JSON: {exc}") from None
+
+
+def parse_resource(body: bytes, expected_type: str | None = None) -> Resource:
+    """Parse and check the shape every stored resource must have.
+
+    Checks: a JSON object, a known ``resourceType`` (equal to ``expected_type`` when given),
+    only elements the type defines at the top level. Deeper validation belongs to the validator.
+    """
+    data = parse_json(body)
+    return check_resource(data, expected_type)
+
+
+def check_resource(data: Any, expected_type: str | None = None, where: str = "") -> Resource:
+    if not isinstance(data, dict):
+        raise BadRequest("A FHIR resource must be a JSON object", (where or "$this",))
+    rtype = data.get("resourceType")
+    if not isinstance(rtype, str):
+        raise BadRequest("The resource has no resourceType", (_join(where, "resourceType"),))
+    if not registry.is_resource_type(rtype):
+        raise BadRequest(f"Unknown resource type {rtype!r}", (_join(where, "resourceType"),))
+    if expected_type is not None and rtype != expected_type:
+        raise BadRequest(
+            f"The body's resourceType {rtype!r} does not match the URL's type {expected_type!r}",
+            (_join(where, "resourceType"),),
+        )
+    allowed = registry.top_level_elements(rtype)
+    for key in data:
+        if key not in allowed:
+            raise BadRequest(f"Unknown element {key!r} in {rtype}", (_join(where or rtype, key),))
+    return data
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def now_instant() -> datetime:
+    """The server clock, truncated to milliseconds (the precision we publish)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_instant(moment: datetime) -> str:
+    """FHIR ``instant`` with millisecond precision in UTC, e.g. 2026-11-22T10:00:00.123Z."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_instant(value: str) -> datetime:
+    """Parse a FHIR instant / dateTime given to ``_since`` and similar parameters.
+
+    A date without a time zone is taken as UTC; partial dates (``2026``, ``2026-11``,
+    ``2026-11-22``) start at the beginning of their period.
+    """
+    text = value.strip().replace("Z", "+00:00").replace(" ", "+")
+    try:
+        if re.fullmatch(r"\d{4}", text):
+            return datetime(int(text), 1, 1, tzinfo=UTC)
+        if re.fullmatch(r"\d{4}-\d{2}", text):
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{value!r} is not a valid FHIR instant") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def with_meta(resource: Resource, resource_id: str, version: int, updated: datetime) -> Resource:
+    """A copy of ``resource`` with the server-owned id and meta, ordered for reading."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(updated)
+    out: Resource = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+    for key, value in resource.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def rewrite_references(node: Any, replace: Callable[[str], str | None]) -> Any:
+    """Walk a resource and replace reference strings in place.
+
+    ``Reference.reference`` values are offered to ``replace``, and so is any other string
+    value that begins with ``urn:uuid:`` or ``urn:oid:`` (uri/canonical elements), as the
+    transaction rules require (http://hl7.org/fhir/R4/http.html#trules).
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if key == "reference" or value.startswith(("urn:uuid:", "urn:oid:")):
+                    new = replace(value)
+                    if new is not None:
+                        node[key] = new
+            elif isinstance(value, dict | list):
+                rewrite_references(value, replace)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, str):
+                if value.startswith(("urn:uuid:", "urn:oid:")):
+                    new = replace(value)
+                    if new is not None:
+                        node[index] = new
+            elif isinstance(value, dict | list):
+                rewrite_references(value, replace)
+    return node
+
+
+def dumps(resource: Any, pretty: bool = False) -> bytes:
+    return orjson.dumps(resource, option=orjson.OPT_INDENT_2 if pretty else 0)

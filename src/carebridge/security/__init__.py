@@ -1,0 +1,1 @@
+"""Security: identities, access policy, audit, crypto."""

@@ -1,0 +1,126 @@
+"""The storage protocol every backend implements, and the values it passes around.
+
+A :class:`Repository` hands out :class:`Session` objects; a session is one database
+transaction (commit on normal exit, rollback on an exception). Backends keep every version of
+every resource: the ``resource`` table holds the current version of each resource, the
+``resource_history`` table every version, in write order (``seq``).
+
+Concurrency contract (the service layer relies on it, and the storage tests check it):
+:meth:`Session.write` with ``expected_version=None`` creates the resource and fails with
+:class:`VersionConflict` if it exists; with ``expected_version=n`` it replaces version ``n``
+and fails with :class:`VersionConflict` if the current version is no longer ``n``. So two
+writers that read the same version can never both succeed: there is no lost update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+Method = Literal["POST", "PUT", "PATCH", "DELETE"]
+
+
+class VersionConflict(Exception):
+    """Another writer changed the resource since it was read."""
+
+    def __init__(self, resource_type: str, resource_id: str) -> None:
+        super().__init__(f"{resource_type}/{resource_id} was changed by another writer")
+        self.resource_type = resource_type
+        self.resource_id = resource_id
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of one resource as stored. ``body`` is None for a deletion."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: Method
+    body: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.method == "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A new version to store; ``expected_version`` is the version it replaces (None: new)."""
+
+    version: StoredVersion
+    expected_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Versions newest first, with the ``seq`` cursor of each for keyset paging."""
+
+    entries: list[tuple[int, StoredVersion]]
+    total: int | None
+
+
+class Session(Protocol):
+    """One database transaction."""
+
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion | None:
+        """The current version (possibly a deletion), or None if never stored."""
+        ...
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredVersion]:
+        """Current versions of several resources, by (type, id); absent keys are left out."""
+        ...
+
+    def vread(self, resource_type: str, resource_id: str, version: int) -> StoredVersion | None:
+        ...
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """Store new versions (see the module docstring for the conflict contract)."""
+        ...
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        before_seq: int | None,
+        after_seq: int | None,
+        count: int,
+        with_total: bool,
+    ) -> HistoryPage:
+        """Versions, newest first. ``before_seq``/``after_seq`` page by the ``seq`` cursor."""
+        ...
+
+    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
+        """Number of current, not deleted resources per type."""
+        ...
+
+
+class Repository(Protocol):
+    """A resource store. Thread-safe: sessions may be opened from any thread."""
+
+    url: str
+    dialect: Literal["sqlite", "postgresql"]
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns the names applied."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def session(self, *, write: bool = False) -> AbstractContextManager[Session]:
+        """Open a transaction; ``write=True`` when it will write (SQLite takes the write lock
+        at the start, so two writers never deadlock upgrading their locks)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def iter_chunks(items: Sequence[Write], size: int) -> Iterator[Sequence[Write]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

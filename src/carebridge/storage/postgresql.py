@@ -1,0 +1,211 @@
+"""PostgreSQL backend (production): psycopg 3 with a connection pool.
+
+Writes rely on the row-level semantics of READ COMMITTED: ``UPDATE ... WHERE version = n``
+re-checks the condition after waiting for a concurrent writer, so the loser sees zero rows and
+raises :class:`VersionConflict`; an ``INSERT ... ON CONFLICT DO NOTHING`` that meets a
+concurrent create of the same id likewise inserts nothing. Migrations hold an advisory lock so
+several server processes starting together apply each migration once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from carebridge.storage.base import HistoryPage, StoredVersion, VersionConflict, Write
+from carebridge.storage.migrations import migrations_for, sql_statements
+
+_COLUMNS = "resource_type, id, version, last_updated, method, body"
+_MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
+
+
+def _version(row: Any) -> StoredVersion:
+    rtype, rid, version, updated, method, body = row
+    return StoredVersion(rtype, rid, version, updated, method, bytes(body) if body else None)
+
+
+class PostgresSession:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion | None:
+        row = self._conn.execute(
+            "SELECT resource_type, id, version, last_updated,"
+            " CASE WHEN deleted THEN 'DELETE' ELSE 'PUT' END, body"
+            " FROM resource WHERE resource_type = %s AND id = %s",
+            (resource_type, resource_id),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredVersion]:
+        if not keys:
+            return {}
+        types = [k[0] for k in keys]
+        ids = [k[1] for k in keys]
+        rows = self._conn.execute(
+            "SELECT r.resource_type, r.id, r.version, r.last_updated,"
+            " CASE WHEN r.deleted THEN 'DELETE' ELSE 'PUT' END, r.body"
+            " FROM resource r JOIN unnest(%s::text[], %s::text[]) AS k(t, i)"
+            " ON r.resource_type = k.t AND r.id = k.i",
+            (types, ids),
+        ).fetchall()
+        return {(row[0], row[1]): _version(row) for row in rows}
+
+    def vread(self, resource_type: str, resource_id: str, version: int) -> StoredVersion | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM resource_history"
+            " WHERE resource_type = %s AND id = %s AND version = %s",
+            (resource_type, resource_id, version),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def write(self, writes: Sequence[Write]) -> None:
+        inserts = [w.version for w in writes if w.expected_version is None]
+        updates = [w for w in writes if w.expected_version is not None]
+        with self._conn.cursor() as cur:
+            if inserts:
+                cur.executemany(
+                    "INSERT INTO resource"
+                    " (resource_type, id, version, last_updated, deleted, body)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [
+                        (v.resource_type, v.id, v.version, v.last_updated, v.deleted, v.body)
+                        for v in inserts
+                    ],
+                )
+                if cur.rowcount != len(inserts):
+                    existing = self.read_many([(v.resource_type, v.id) for v in inserts])
+                    taken = next(iter(existing.values()), inserts[0])
+                    raise VersionConflict(taken.resource_type, taken.id)
+            for w in updates:
+                v = w.version
+                cur.execute(
+                    "UPDATE resource SET version = %s, last_updated = %s, deleted = %s,"
+                    " body = %s WHERE resource_type = %s AND id = %s AND version = %s",
+                    (v.version, v.last_updated, v.deleted, v.body,
+                     v.resource_type, v.id, w.expected_version),
+                )
+                if cur.rowcount != 1:
+                    raise VersionConflict(v.resource_type, v.id)
+            cur.executemany(
+                f"INSERT INTO resource_history ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (w.version.resource_type, w.version.id, w.version.version,
+                     w.version.last_updated, w.version.method, w.version.body)
+                    for w in writes
+                ],
+            )
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        before_seq: int | None,
+        after_seq: int | None,
+        count: int,
+        with_total: bool,
+    ) -> HistoryPage:
+        where: list[str] = []
+        params: list[Any] = []
+        if resource_type is not None:
+            where.append("resource_type = %s")
+            params.append(resource_type)
+        if resource_id is not None:
+            where.append("id = %s")
+            params.append(resource_id)
+        if since is not None:
+            where.append("last_updated >= %s")
+            params.append(since)
+        base_where, base_params = list(where), list(params)
+        if before_seq is not None:
+            where.append("seq < %s")
+            params.append(before_seq)
+        if after_seq is not None:
+            where.append("seq > %s")
+            params.append(after_seq)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        order = "ASC" if after_seq is not None else "DESC"
+        rows = self._conn.execute(
+            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"  # noqa: S608
+            f" ORDER BY seq {order} LIMIT %s",
+            (*params, count),
+        ).fetchall()
+        entries = [(int(row[0]), _version(row[1:])) for row in rows]
+        if order == "ASC":
+            entries.reverse()
+        total = None
+        if with_total:
+            total_clause = (" WHERE " + " AND ".join(base_where)) if base_where else ""
+            one = self._conn.execute(
+                f"SELECT count(*) FROM resource_history{total_clause}", base_params
+            ).fetchone()
+            total = int(one[0]) if one else 0
+        return HistoryPage(entries, total)
+
+    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
+        sql = "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
+        params: tuple[str, ...] = ()
+        if resource_type is not None:
+            sql += " AND resource_type = %s"
+            params = (resource_type,)
+        rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+
+class PostgresRepository:
+    dialect: Literal["postgresql"] = "postgresql"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
+        self.url = url
+        self._pool = ConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=True,
+            kwargs={"autocommit": False}, name="carebridge",
+        )
+        self._pool.wait(timeout=30)
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[PostgresSession]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield PostgresSession(conn)
+
+    def schema_version(self) -> int:
+        with self._pool.connection() as conn:
+            exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+            if not exists or exists[0] is None:
+                return 0
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            return int(row[0] or 0) if row else 0
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            current = int(row[0] or 0) if row else 0
+            for migration in migrations_for("postgresql"):
+                if migration.version <= current:
+                    continue
+                with conn.transaction():
+                    for statement in sql_statements(migration.sql):
+                        conn.execute(statement.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, datetime.now(UTC)),
+                    )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+        return applied
+
+    def close(self) -> None:
+        self._pool.close()

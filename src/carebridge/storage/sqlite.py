@@ -1,0 +1,259 @@
+"""SQLite backend: the embedded default (one file in WAL mode, no other service).
+
+Each thread gets its own connection (sqlite3 connections are not shared across threads).
+Write sessions start with ``BEGIN IMMEDIATE`` so writers queue on the database lock up front
+instead of failing when a read lock would have to be upgraded. ``synchronous=FULL`` by default:
+an acknowledged write survives a power cut, not only a process crash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from carebridge.storage.base import HistoryPage, StoredVersion, VersionConflict, Write
+from carebridge.storage.migrations import migrations_for, sql_statements
+
+_COLUMNS = "resource_type, id, version, last_updated, method, body"
+
+
+def _ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _from_ts(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _version(row: Any) -> StoredVersion:
+    rtype, rid, version, updated, method, body = row
+    return StoredVersion(rtype, rid, version, _from_ts(updated), method, body)
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///./var/x.db`` -> ``./var/x.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``;
+    ``sqlite://:memory:`` is refused (every thread would get its own empty database)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path or path == ":memory:" or parts.netloc == ":memory:":
+        raise ValueError("sqlite URL needs a file path, e.g. sqlite:///./var/carebridge.db")
+    return path
+
+
+class SqliteSession:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def read(self, resource_type: str, resource_id: str) -> StoredVersion | None:
+        row = self._conn.execute(
+            "SELECT resource_type, id, version, last_updated,"
+            " CASE WHEN deleted THEN 'DELETE' ELSE 'PUT' END, body"
+            " FROM resource WHERE resource_type = ? AND id = ?",
+            (resource_type, resource_id),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredVersion]:
+        found: dict[tuple[str, str], StoredVersion] = {}
+        for key in dict.fromkeys(keys):
+            version = self.read(*key)
+            if version is not None:
+                found[key] = version
+        return found
+
+    def vread(self, resource_type: str, resource_id: str, version: int) -> StoredVersion | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM resource_history"
+            " WHERE resource_type = ? AND id = ? AND version = ?",
+            (resource_type, resource_id, version),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def write(self, writes: Sequence[Write]) -> None:
+        inserts = [w.version for w in writes if w.expected_version is None]
+        updates = [w for w in writes if w.expected_version is not None]
+        if inserts:
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "INSERT INTO resource (resource_type, id, version, last_updated, deleted, body)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (v.resource_type, v.id, v.version, _ts(v.last_updated), v.deleted, v.body)
+                    for v in inserts
+                ],
+            )
+            if self._conn.total_changes - before != len(inserts):
+                taken = self._first_existing(inserts)
+                raise VersionConflict(taken.resource_type, taken.id)
+        for w in updates:
+            v = w.version
+            cur = self._conn.execute(
+                "UPDATE resource SET version = ?, last_updated = ?, deleted = ?, body = ?"
+                " WHERE resource_type = ? AND id = ? AND version = ?",
+                (v.version, _ts(v.last_updated), v.deleted, v.body,
+                 v.resource_type, v.id, w.expected_version),
+            )
+            if cur.rowcount != 1:
+                raise VersionConflict(v.resource_type, v.id)
+        self._conn.executemany(
+            f"INSERT INTO resource_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (w.version.resource_type, w.version.id, w.version.version,
+                 _ts(w.version.last_updated), w.version.method, w.version.body)
+                for w in writes
+            ],
+        )
+
+    def _first_existing(self, inserts: Sequence[StoredVersion]) -> StoredVersion:
+        seen: set[tuple[str, str]] = set()
+        for v in inserts:
+            if (v.resource_type, v.id) in seen:
+                return v
+            seen.add((v.resource_type, v.id))
+        return inserts[0]
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        before_seq: int | None,
+        after_seq: int | None,
+        count: int,
+        with_total: bool,
+    ) -> HistoryPage:
+        where, params = [], []
+        if resource_type is not None:
+            where.append("resource_type = ?")
+            params.append(resource_type)
+        if resource_id is not None:
+            where.append("id = ?")
+            params.append(resource_id)
+        if since is not None:
+            where.append("last_updated >= ?")
+            params.append(_ts(since))
+        base_where = list(where)
+        base_params = list(params)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        order = "ASC" if after_seq is not None else "DESC"
+        rows = self._conn.execute(
+            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"
+            f" ORDER BY seq {order} LIMIT ?",
+            (*params, count),
+        ).fetchall()
+        entries = [(row[0], _version(row[1:])) for row in rows]
+        if order == "ASC":
+            entries.reverse()
+        total = None
+        if with_total:
+            total_clause = (" WHERE " + " AND ".join(base_where)) if base_where else ""
+            total = self._conn.execute(
+                f"SELECT count(*) FROM resource_history{total_clause}", base_params
+            ).fetchone()[0]
+        return HistoryPage(entries, total)
+
+    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
+        sql = "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
+        params: tuple[str, ...] = ()
+        if resource_type is not None:
+            sql += " AND resource_type = ?"
+            params = (resource_type,)
+        rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+
+class SqliteRepository:
+    dialect: Literal["sqlite"] = "sqlite"
+
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[SqliteSession]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield SqliteSession(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        conn = self._connection()
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> list[str]:
+        conn = self._connection()
+        applied: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            current = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            for migration in migrations_for("sqlite"):
+                if migration.version <= (current or 0):
+                    continue
+                for statement in sql_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _ts(datetime.now(UTC))),
+                )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return applied
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
