@@ -5,6 +5,7 @@ instances on free loopback ports from the installed binaries; see its module
 docstring for why it is hand-written.
 """
 
+from carebridge.testing.server import ServerProcess
 from carebridge.testing.services import (
     PostgresBinaries,
     ServiceUnavailable,
@@ -17,6 +18,7 @@ from carebridge.testing.services import (
 
 __all__ = [
     "PostgresBinaries",
+    "ServerProcess",
     "ServiceUnavailable",
     "ThrowawayMosquitto",
     "ThrowawayPostgres",
