@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -93,11 +90,4 @@ def client(service: ResourceService) -> Iterator[TestClient]:
         yield test_client
 
 
-DEMO_DATA = Path(__file__).parents[1] / "src" / "carebridge" / "demo" / "data"
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
-
-
-def demo_bundle(name: str) -> dict[str, Any]:
-    """A committed Synthea bundle (see src/carebridge/demo/data/NOTICE)."""
-    loaded: dict[str, Any] = orjson.loads(gzip.decompress((DEMO_DATA / name).read_bytes()))
-    return loaded

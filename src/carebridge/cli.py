@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from carebridge.app import build_application
 from carebridge.config import Settings
+from carebridge.demo import data_dir
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
@@ -130,10 +130,6 @@ def import_(
         raise typer.Exit(1)
 
 
-def demo_data_dir() -> Path:
-    return Path(str(files("carebridge") / "demo" / "data"))
-
-
 @app.command()
 def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
          port: Port = 8080) -> None:
@@ -145,7 +141,7 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     finally:
         repo.close()
     if not have:
-        results = import_paths(database, [demo_data_dir()])
+        results = import_paths(database, [data_dir()])
         if not all(r.ok for r in results):
             raise typer.Exit(1)
     repo = open_repository(database)

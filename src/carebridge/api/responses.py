@@ -22,7 +22,9 @@ def fhir_json(
     pretty: bool = False,
 ) -> Response:
     if isinstance(content, bytes):
-        body = orjson.dumps(orjson.loads(content), option=orjson.OPT_INDENT_2) if pretty else content
+        body = content
+        if pretty:
+            body = orjson.dumps(orjson.loads(content), option=orjson.OPT_INDENT_2)
     else:
         body = orjson.dumps(content, option=orjson.OPT_INDENT_2 if pretty else 0)
     return Response(body, status_code=status, headers=headers, media_type=FHIR_JSON)

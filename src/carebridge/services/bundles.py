@@ -25,7 +25,6 @@ from carebridge.fhir.errors import (
     BadRequest,
     FhirError,
     NotImplementedYet,
-    operation_outcome,
 )
 from carebridge.fhir.resource import (
     Resource,
@@ -303,6 +302,7 @@ class BundleProcessor:
             )
             return Outcome("204 No Content", result.version if result else None)
         else:
+            pending.flush(session)  # a read sees the transaction's own writes
             found = (
                 service.vread_in(session, entry.resource_type, rid, entry.version_id)
                 if entry.version_id

@@ -8,7 +8,7 @@ them in one database transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -65,6 +65,13 @@ class PendingWrites:
     """Writes collected inside one session, stored together and announced after commit."""
 
     writes: list[Write] = field(default_factory=list)
+    flushed: int = 0
+
+    def flush(self, session: Session) -> None:
+        """Store what is not stored yet, so later reads in this transaction see it."""
+        if self.flushed < len(self.writes):
+            session.write(self.writes[self.flushed:])
+            self.flushed = len(self.writes)
 
     def events(self) -> list[ResourceChanged]:
         return [
@@ -97,23 +104,25 @@ class ResourceService:
 
     # ----------------------------------------------------------------- plumbing
 
-    def run_write(self, work: Callable[[Session, PendingWrites], T], *, retry: bool) -> T:
+    def run_write(self, work: Callable[[Session, PendingWrites], T], *, retry: bool,
+                  version_aware: bool = False) -> T:
         """Run ``work`` in one write transaction, store what it collected, commit, publish.
 
         With ``retry`` a :class:`VersionConflict` (another writer won) re-runs the work on
-        fresh data; without it the conflict is the caller's answer (409).
+        fresh data; without it the conflict is the caller's answer: 412 when the caller named
+        the version it expected (``If-Match``), else 409.
         """
         for attempt in range(_RETRIES):
             pending = PendingWrites()
             try:
                 with self.repository.session(write=True) as session:
                     result = work(session, pending)
-                    if pending.writes:
-                        session.write(pending.writes)
+                    pending.flush(session)
             except VersionConflict as exc:
                 if retry and attempt < _RETRIES - 1:
                     continue
-                raise Conflict(
+                error = PreconditionFailed if version_aware else Conflict
+                raise error(
                     f"{exc.resource_type}/{exc.resource_id} was changed by a concurrent"
                     " request; read it again and retry"
                 ) from None
@@ -194,9 +203,12 @@ class ResourceService:
             check_type(resource_type)
         self.policy.authorize(caller, Action.HISTORY, resource_type, resource_id)
         with self.repository.session() as session:
-            if resource_type is not None and resource_id is not None:
-                if session.read(resource_type, resource_id) is None:
-                    raise NotFound(f"{resource_type}/{resource_id} is not known")
+            if (
+                resource_type is not None
+                and resource_id is not None
+                and session.read(resource_type, resource_id) is None
+            ):
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
             return session.history(
                 resource_type, resource_id, since=since, before_seq=before_seq,
                 after_seq=after_seq, count=count, with_total=with_total,
@@ -238,7 +250,7 @@ class ResourceService:
         self.policy.authorize(caller, Action.UPDATE, resource_type, resource_id)
         return self.run_write(
             lambda s, p: self.update_in(s, p, resource, resource_id, self.clock(), if_match),
-            retry=if_match is None,
+            retry=if_match is None, version_aware=if_match is not None,
         )
 
     def update_in(
@@ -300,7 +312,7 @@ class ResourceService:
             lambda s, p: self.patch_in(
                 s, p, resource_type, resource_id, ops, self.clock(), if_match
             ),
-            retry=if_match is None,
+            retry=if_match is None, version_aware=if_match is not None,
         )
 
     def patch_in(
@@ -351,7 +363,7 @@ class ResourceService:
         self.policy.authorize(caller, Action.DELETE, resource_type, resource_id)
         return self.run_write(
             lambda s, p: self.delete_in(s, p, resource_type, resource_id, self.clock(), if_match),
-            retry=if_match is None,
+            retry=if_match is None, version_aware=if_match is not None,
         )
 
     def delete_in(

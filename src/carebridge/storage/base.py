@@ -14,7 +14,7 @@ writers that read the same version can never both succeed: there is no lost upda
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,8 +104,11 @@ class Session(Protocol):
 class Repository(Protocol):
     """A resource store. Thread-safe: sessions may be opened from any thread."""
 
-    url: str
-    dialect: Literal["sqlite", "postgresql"]
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]: ...
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; returns the names applied."""
@@ -119,8 +122,3 @@ class Repository(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def iter_chunks(items: Sequence[Write], size: int) -> Iterator[Sequence[Write]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -26,7 +26,8 @@ _MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
 
 def _version(row: Any) -> StoredVersion:
     rtype, rid, version, updated, method, body = row
-    return StoredVersion(rtype, rid, version, updated, method, bytes(body) if body else None)
+    body = bytes(body) if body is not None else None
+    return StoredVersion(rtype, rid, version, updated.astimezone(UTC), method, body)
 
 
 class PostgresSession:
@@ -133,7 +134,7 @@ class PostgresSession:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         order = "ASC" if after_seq is not None else "DESC"
         rows = self._conn.execute(
-            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"  # noqa: S608
+            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"
             f" ORDER BY seq {order} LIMIT %s",
             (*params, count),
         ).fetchall()

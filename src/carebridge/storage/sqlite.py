@@ -131,7 +131,8 @@ class SqliteSession:
         count: int,
         with_total: bool,
     ) -> HistoryPage:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if resource_type is not None:
             where.append("resource_type = ?")
             params.append(resource_type)

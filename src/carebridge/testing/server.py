@@ -29,7 +29,9 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="carebridge-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+            prefix="carebridge-", suffix=".log", delete=False
+        )
 
     @property
     def base_url(self) -> str:
