@@ -68,6 +68,34 @@ def test_transaction_rewrites_urn_uuid_references(client: TestClient) -> None:
     assert obs["derivedFrom"][0]["reference"] == other
 
 
+def test_transaction_resolves_relative_references_against_absolute_full_urls(
+    client: TestClient,
+) -> None:
+    base = "http://other.example.org/fhir"
+    tx = bundle(
+        "transaction",
+        post("POST", "Patient", {"resourceType": "Patient"}, full_url=f"{base}/Patient/p9"),
+        post("POST", "Observation", {
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/p9"},
+            "focus": [{"reference": f"{base}/Patient/p9"}],
+        }, full_url=f"{base}/Observation/o1"),
+        post("POST", "Observation", {
+            "resourceType": "Observation", "status": "final", "code": {"text": "y"},
+            "subject": {"reference": "Patient/p9"},  # no fullUrl: relative to this server
+        }),
+    )
+    response = client.post("/fhir", json=tx, headers=JSON)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    patient = entries[0]["response"]["location"].split("/_history")[0]
+    first = client.get("/fhir/" + entries[1]["response"]["location"].split("/_history")[0])
+    assert first.json()["subject"]["reference"] == patient
+    assert first.json()["focus"][0]["reference"] == patient
+    second = client.get("/fhir/" + entries[2]["response"]["location"].split("/_history")[0])
+    assert second.json()["subject"]["reference"] == "Patient/p9"
+
+
 def test_transaction_is_all_or_nothing(client: TestClient, repository: Repository) -> None:
     client.put("/fhir/Patient/keep", json={"resourceType": "Patient", "id": "keep",
                                            "active": True}, headers=JSON)

@@ -49,6 +49,8 @@ _ACTIONS = {
 }
 _CONDITIONAL_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+\?")
 _URL = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?:/(?P<id>[^/?]+)(?:/_history/(?P<vid>[^/?]+))?)?$")
+_RELATIVE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]+)?$")
+_ABSOLUTE = re.compile(r"^(?P<base>https?://.+/)[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
@@ -129,7 +131,11 @@ class BundleProcessor:
                     raise exc.at(entry.where) from None
             return [results[i] for i in range(len(entries))]
 
-        return self.service.run_write(work, retry=False)
+        # Re-running the whole bundle after a lost race is safe unless an entry named the
+        # version it expected: then the lost race is that entry's answer (412).
+        version_aware = any(e.if_match is not None for e in entries)
+        return self.service.run_write(work, retry=not version_aware,
+                                      version_aware=version_aware)
 
     def batch(self, caller: Caller, raw_entries: list[Any]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -250,21 +256,30 @@ class BundleProcessor:
     def _rewrite(
         self, entry: Entry, references: dict[str, str], *, unresolved_is_error: bool
     ) -> None:
+        """Rewrite the entry's references to the ids this bundle assigns.
+
+        A relative reference (``Patient/123``) in an entry whose fullUrl is an absolute RESTful
+        URL resolves against that URL's base, so it matches an entry whose fullUrl is
+        ``<base>/Patient/123`` (http://hl7.org/fhir/R4/bundle.html#references).
+        """
         if entry.resource is None:
             return
-        base = self.base_url + "/"
+        server_base = self.base_url + "/"
+        entry_base = _rest_base(entry.full_url)
 
         def replace(value: str) -> str | None:
             if value in references:
                 return references[value]
+            if entry_base and _RELATIVE.match(value) and entry_base + value in references:
+                return references[entry_base + value]
             if _CONDITIONAL_REFERENCE.match(value):
                 raise NotImplementedYet(
                     f"Conditional reference {value!r} needs search, which this server does not"
                     " support yet",
                     (f"{entry.where}.resource",),
                 )
-            if value.startswith(base):
-                return value[len(base):]
+            if value.startswith(server_base):
+                return value[len(server_base):]
             if unresolved_is_error and value.startswith("urn:uuid:"):
                 raise BadRequest(
                     f"Reference {value!r} does not match the fullUrl of any entry in this bundle",
@@ -272,7 +287,6 @@ class BundleProcessor:
                 )
             return None
 
-        # The entry's own fullUrl may legitimately appear inside it (e.g. in narrative links).
         rewrite_references(entry.resource, replace)
 
     # ---------------------------------------------------------------- execution
@@ -335,6 +349,12 @@ class BundleProcessor:
             entry["response"] = response
             entries.append(entry)
         return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def _rest_base(full_url: str | None) -> str | None:
+    """``http://x.org/fhir/Patient/1`` -> ``http://x.org/fhir/``; None for urn: fullUrls."""
+    match = _ABSOLUTE.match(full_url or "")
+    return match["base"] if match else None
 
 
 def _parse_if_match(value: Any, where: str) -> int | None:
