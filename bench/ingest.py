@@ -553,6 +553,17 @@ def report_backend(result: BackendResult, everything: bool) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _source_version() -> str:
+    """``git describe`` of the working tree (``-dirty`` when it has uncommitted changes)."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
+            text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return described.stdout.strip() or "unknown"
+
+
 def _command_line() -> str:
     python = sys.executable
     relative = os.path.relpath(python)
@@ -596,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: {note}")
     bundles = [_read_bundle(path) for path in files]
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    print(f"source: {_source_version()}")
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()},"
           f" SQLite {sqlite3.sqlite_version}, psycopg {psycopg.__version__};"
           f" server, database and client share the machine")
@@ -629,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": note,
             "bundles": [b.name for b in bundles],
             "resources": sum(b.entries for b in bundles),
+            "source": _source_version(),
             "cpus": os.cpu_count(),
             "load_average_before": round(load, 2),
             "concurrency": args.concurrency,

@@ -264,6 +264,8 @@ def test_history_levels_since_and_paging(client: TestClient) -> None:
         seen += [f"{e['fullUrl']}|{e['response']['etag']}" for e in page["entry"]]
         url = next((lnk["url"] for lnk in page["link"] if lnk["relation"] == "next"), None)
     assert len(seen) == 6 and len(set(seen)) == 6
+    assert len(pages) == 2  # no link leads to an empty page
+    assert not any(lnk["relation"] == "previous" for lnk in pages[0]["link"])
     previous = next(lnk["url"] for lnk in pages[1]["link"] if lnk["relation"] == "previous")
     assert client.get(previous).json()["entry"] == pages[0]["entry"]
     # _since: only what changed at or after the instant.

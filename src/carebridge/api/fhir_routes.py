@@ -188,7 +188,7 @@ class FhirRoutes:
         page: HistoryPage = await run_in_threadpool(
             lambda: self.service.history(
                 self.caller(request), rtype, rid, since=since, before_seq=before,
-                after_seq=after, count=count, with_total=True))
+                after_seq=after, count=count + 1, with_total=True))
         base = self.base_url(request)
         path = "/".join(x for x in (base, rtype, rid, "_history") if x)
         bundle = history_bundle(page, base, path, since, count, before, after)
@@ -209,7 +209,10 @@ def history_bundle(
     page: HistoryPage, base: str, path: str, since: datetime | None, count: int,
     before: int | None, after: int | None,
 ) -> dict[str, Any]:
-    """A ``history`` Bundle, newest first, with keyset ``next``/``previous`` links."""
+    """A ``history`` Bundle, newest first, with keyset ``next``/``previous`` links.
+
+    ``page`` holds up to ``count + 1`` rows (see below).
+    """
     params: dict[str, str] = {"_count": str(count)}
     if since is not None:
         params["_since"] = format_instant(since)
@@ -222,17 +225,22 @@ def history_bundle(
 
     cursor_now = f"before:{before}" if before is not None else (
         f"after:{after}" if after is not None else None)
+    # The page was fetched with one row more than asked for: that row says whether there is
+    # more in the direction of travel, so no link ever leads to an empty page.
+    rows = page.entries
+    more = len(rows) > count
+    if more:
+        rows = rows[1:] if after is not None else rows[:-1]
     links = [link("self", cursor_now), link("first", None)]
-    if page.entries:
-        last_seq = page.entries[-1][0]
-        first_seq = page.entries[0][0]
-        full = len(page.entries) == count
-        if full or after is not None:
-            links.append(link("next", f"before:{last_seq}"))
-        if before is not None or (after is not None and full):
-            links.append(link("previous", f"after:{first_seq}"))
+    if rows:
+        older = more if after is None else True
+        newer = before is not None or (after is not None and more)
+        if older:
+            links.append(link("next", f"before:{rows[-1][0]}"))
+        if newer:
+            links.append(link("previous", f"after:{rows[0][0]}"))
     entries = []
-    for _, version in page.entries:
+    for _, version in rows:
         ref = f"{version.resource_type}/{version.id}"
         entry: dict[str, Any] = {"fullUrl": f"{base}/{ref}"}
         if version.body is not None:

@@ -84,8 +84,9 @@ class FhirError(Exception):
     def at(self, prefix: str) -> FhirError:
         """Re-anchor this error under ``prefix`` (e.g. ``Bundle.entry[3]``)."""
         exprs = tuple(prefix + ("." + e if e else "") for e in self.expression) or (prefix,)
-        err = type(self)(f"{prefix}: {self.message}", exprs, self.code, self.extra_issues)
-        return err
+        return type(self)(
+            f"{prefix}: {self.message}", exprs, self.code, self.extra_issues, self.headers
+        )
 
 
 class BadRequest(FhirError):
