@@ -70,6 +70,23 @@ def test_read_and_vread(client: TestClient) -> None:
     assert client.get("/fhir/Patient/nobody").status_code == 404
 
 
+def test_conditional_read(client: TestClient) -> None:
+    created = create(client)
+    url = f"/fhir/Patient/{created['id']}"
+    first = client.get(url)
+    same = client.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert same.status_code == 304 and same.content == b""
+    assert same.headers["etag"] == 'W/"1"'
+    assert client.get(url, headers={"If-None-Match": 'W/"7"'}).status_code == 200
+    modified = first.headers["last-modified"]
+    assert client.get(url, headers={"If-Modified-Since": modified}).status_code == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert client.get(url, headers={"If-Modified-Since": old}).status_code == 200
+    client.put(url, json={**created, "active": False}, headers=JSON)
+    changed = client.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200 and changed.json()["active"] is False
+
+
 def test_update_as_create_with_client_id(client: TestClient) -> None:
     response = client.put("/fhir/Patient/pat-1", json={**PATIENT, "id": "pat-1"}, headers=JSON)
     assert response.status_code == 201

@@ -25,7 +25,7 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": False,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
             "referencePolicy": ["literal", "local"],

@@ -100,6 +100,8 @@ class FhirRoutes:
         neg.check_accept(request)
         rtype, rid = request.path_params["type"], request.path_params["id"]
         version = await run_in_threadpool(self.service.read, self.caller(request), rtype, rid)
+        if neg.not_modified(request, version.version, version.last_updated):
+            return Response(status_code=304, headers=version_headers(version))
         return self._resource_response(request, version)
 
     async def vread(self, request: Request) -> Response:

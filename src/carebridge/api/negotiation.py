@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 from starlette.requests import Request
 
@@ -106,6 +108,25 @@ def if_match(request: Request) -> int | None:
         raise BadRequest(f"If-Match {header!r} is not a version ETag such as W/\"3\"",
                          ("If-Match",))
     return int(text)
+
+
+def not_modified(request: Request, version: int, last_updated: datetime) -> bool:
+    """Conditional read (http://hl7.org/fhir/R4/http.html#cread): If-None-Match wins over
+    If-Modified-Since, as in RFC 9110 section 13.2.2."""
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        tags = {t.strip().removeprefix("W/").strip('"') for t in none_match.split(",")}
+        return "*" in tags or str(version) in tags
+    since = request.headers.get("if-modified-since")
+    if since is not None:
+        try:
+            moment = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        if moment.tzinfo is None:
+            return False
+        return last_updated.replace(microsecond=0) <= moment
+    return False
 
 
 def pretty(request: Request) -> bool:
