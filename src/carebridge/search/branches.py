@@ -1,0 +1,146 @@
+"""The compiled forms of one expression branch: how each evaluates against a resource.
+
+``PathBranch`` walks typed JSON keys (the fast path), ``FhirPathBranch`` runs fhirpathpy,
+``CompositeBranch`` evaluates a composite parameter's components on each base item.  All
+append index values to an output list; ``needs`` tells which top-level keys a resource must
+have for the branch to find anything, so absent parameters cost one set test.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Protocol
+
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.models import models as fhirpath_models
+
+from carebridge.search.convert import Converter, convert_untyped, converter
+from carebridge.search.fastpath import PathPlan, Step, walk
+from carebridge.search.values import CompositeValue, IndexValue, ReferenceValue
+
+__all__ = ["Branch", "Component", "CompositeBranch", "FhirPathBranch", "PathBranch"]
+
+_log = logging.getLogger(__name__)
+
+
+class Branch(Protocol):
+    uses_fhirpath: bool
+
+    def needs(self) -> frozenset[str] | None:
+        """Top-level keys of which the resource must have one to yield anything (None: ?)."""
+
+    def evaluate(self, focus: Any, resource: dict[str, Any], out: list[IndexValue]) -> None: ...
+
+
+class PathBranch:
+    """A fast-path branch: walk typed JSON keys, convert each element by its FHIR type."""
+
+    __slots__ = ("from_root", "leaves", "resolve_types")
+    uses_fhirpath = False
+
+    def __init__(self, plan: PathPlan, param_type: str) -> None:
+        self.from_root = plan.from_root
+        self.resolve_types = plan.resolve_types
+        leaves: list[tuple[tuple[Step, ...], Converter]] = []
+        for leaf in plan.leaves:  # an element the parameter type cannot read is skipped
+            convert = converter(param_type, leaf.element.type, leaf.element.implicit_system)
+            if convert is not None:
+                leaves.append((leaf.steps, convert))
+        self.leaves = tuple(leaves)
+
+    def needs(self) -> frozenset[str] | None:
+        return self.first_keys() if self.from_root else None
+
+    def first_keys(self) -> frozenset[str] | None:
+        """The first key of each path (None if a path is empty: the start node itself)."""
+        if any(not steps for steps, _ in self.leaves):
+            return None
+        return frozenset(steps[0].key for steps, _ in self.leaves)
+
+    def evaluate(self, focus: Any, resource: dict[str, Any], out: list[IndexValue]) -> None:
+        start = resource if self.from_root else focus
+        found: list[IndexValue] = []
+        for steps, convert in self.leaves:
+            for node in walk(start, steps):
+                found.extend(convert(node))
+        if self.resolve_types:  # `.where(resolve() is Patient)`: the type of the target
+            types = self.resolve_types
+            found = [v for v in found if type(v) is ReferenceValue and v.target_type in types]
+        out.extend(found)
+
+
+class FhirPathBranch:
+    """A branch the fast path cannot take, evaluated by fhirpathpy (compiled once)."""
+
+    __slots__ = ("expression", "function", "param_type")
+    uses_fhirpath = True
+
+    def __init__(self, expression: str, param_type: str) -> None:
+        self.expression = expression
+        self.param_type = param_type
+        self.function: Callable[..., list[Any]] = _fhirpath(expression)
+
+    def needs(self) -> frozenset[str] | None:
+        return None
+
+    def evaluate(self, focus: Any, resource: dict[str, Any], out: list[IndexValue]) -> None:
+        try:
+            results = self.function(focus, {"resource": resource, "rootResource": resource})
+        except Exception:  # an engine bug must not fail a write; the value is just not indexed
+            _log.warning("FHIRPath failed: %s", self.expression, exc_info=True)
+            return
+        for value in results:
+            out.extend(convert_untyped(self.param_type, value))
+
+
+class CompositeBranch:
+    """Base items, then per item each component's values (all must be present)."""
+
+    __slots__ = ("items",)
+    uses_fhirpath = False
+
+    def __init__(self, items: tuple[tuple[tuple[Step, ...], tuple[Component, ...]], ...]):
+        self.items = items
+
+    def needs(self) -> frozenset[str] | None:
+        keys: set[str] = set()
+        for steps, components in self.items:
+            if steps:
+                keys.add(steps[0].key)
+                continue
+            # The base is the resource itself: its last component (the value, in R4) must
+            # be there, and all its paths start at the resource.
+            last = [
+                b.first_keys() if isinstance(b, PathBranch) else None for b in components[-1][1]
+            ]
+            if not last or any(k is None for k in last):
+                return None
+            keys.update(*(k for k in last if k is not None))
+        return frozenset(keys)
+
+    def evaluate(self, focus: Any, resource: dict[str, Any], out: list[IndexValue]) -> None:
+        for steps, components in self.items:
+            for item in walk(resource, steps):
+                # Last component first: in R4 it is the value, the one most often absent.
+                parts: list[tuple[str, tuple[IndexValue, ...]]] = []
+                for code, branches in reversed(components):
+                    values: list[IndexValue] = []
+                    for branch in branches:
+                        branch.evaluate(item, resource, values)
+                    if not values:
+                        break
+                    parts.append((code, tuple(dict.fromkeys(values))))
+                else:
+                    parts.reverse()
+                    out.append(CompositeValue(tuple(parts)))
+
+
+Component = tuple[str, tuple[Branch, ...]]
+
+
+@cache
+def _fhirpath(expression: str) -> Callable[..., list[Any]]:
+    function: Callable[..., list[Any]] = fhirpath_compile(expression, fhirpath_models["r4"])
+    return function

@@ -1,0 +1,285 @@
+"""Compile SearchParameters into extractors: resource -> index values ("extract once").
+
+An R4 expression is a union over resource types (``Patient.name | Practitioner.name``).  For
+each type a parameter applies to we keep the branches that start with that type (or with
+``Resource``/``DomainResource``), and compile each once: as a typed path walked on the JSON
+dicts when it is one (:mod:`carebridge.search.fastpath`, all but a handful of R4 branches),
+otherwise with fhirpathpy.  Composite parameters evaluate their base expression, then each
+component's expression on every item found (search.html#composite).
+
+The same values feed the SQL index tables and in-memory matching (subscriptions, alert
+rules), so both agree on what a resource "has" for a parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from carebridge.fhir import registry
+from carebridge.search.branches import (
+    Branch,
+    Component,
+    CompositeBranch,
+    FhirPathBranch,
+    PathBranch,
+)
+from carebridge.search.elements import Child, ancestry
+from carebridge.search.fastpath import UnknownElementError, compile_path
+from carebridge.search.values import IndexValue
+
+__all__ = [
+    "Extractor",
+    "compile_parameter",
+    "extract",
+    "extractor_for",
+    "extractors_for",
+    "split_union",
+    "values_of",
+]
+
+_log = logging.getLogger(__name__)
+_ABSTRACT_ROOTS = ("Resource", "DomainResource")
+
+
+class Extractor:
+    """Extracts the index values of one SearchParameter from resources.
+
+    ``supported`` is False for parameters that yield nothing: ``near`` (a distance search;
+    the API answers 501) and those without an expression (``_text``, ``_content``,
+    ``_query``).  ``problems`` lists branches that could not be compiled (none in R4).
+    """
+
+    __slots__ = (
+        "_branches",
+        "_needs",
+        "code",
+        "expression",
+        "param_url",
+        "problems",
+        "supported",
+        "type",
+    )
+
+    def __init__(
+        self,
+        sp: dict[str, Any],
+        branches: dict[str, tuple[Branch, ...]],
+        problems: tuple[str, ...],
+    ) -> None:
+        self.code: str = sp["code"]
+        self.type: str = sp["type"]
+        self.param_url: str = sp["url"]
+        self.expression: str | None = sp.get("expression")
+        self.supported = self.expression is not None and sp["code"] != "near"
+        self.problems = problems
+        self._branches = branches
+        self._needs = {t: _needs(bs) for t, bs in branches.items()}
+
+    def __repr__(self) -> str:
+        return f"<Extractor {self.code} ({self.type}) for {', '.join(self._branches)}>"
+
+    @property
+    def uses_fhirpath(self) -> bool:
+        """True if some branch needs fhirpathpy (not the fast path)."""
+        return any(b.uses_fhirpath for bs in self._branches.values() for b in bs)
+
+    def extract(self, resource: dict[str, Any]) -> list[IndexValue]:
+        """The parameter's values in ``resource``, without duplicates, in document order."""
+        resource_type = resource.get("resourceType", "")
+        branches = self._branches.get(resource_type)
+        if branches is None:
+            resource_type = self._inherited(str(resource_type))
+            branches = self._branches.get(resource_type, ())
+        return _evaluate(resource, self._needs.get(resource_type), branches)
+
+    def _inherited(self, resource_type: str) -> str:
+        for base in ancestry(resource_type)[1:]:
+            if base in self._branches:
+                return base
+        return ""
+
+
+def _evaluate(
+    resource: dict[str, Any], needs: frozenset[str] | None, branches: tuple[Branch, ...]
+) -> list[IndexValue]:
+    if needs is not None and resource.keys().isdisjoint(needs):
+        return []  # none of the elements the branches start from: skip the walk
+    out: list[IndexValue] = []
+    for branch in branches:
+        branch.evaluate(resource, resource, out)
+    return list(dict.fromkeys(out)) if len(out) > 1 else out
+
+
+def _needs(branches: tuple[Branch, ...]) -> frozenset[str] | None:
+    keys: set[str] = set()
+    for branch in branches:
+        needs = branch.needs()
+        if needs is None:
+            return None
+        keys |= needs
+    return frozenset(keys)
+
+
+# --------------------------------------------------------------------------------------------
+# compiling
+
+
+def split_union(expression: str) -> list[str]:
+    """Split a FHIRPath expression on its top-level ``|`` (not inside parentheses/strings)."""
+    branches: list[str] = []
+    depth, quoted, start = 0, False, 0
+    for position, char in enumerate(expression):
+        if char == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            branches.append(expression[start:position].strip())
+            start = position + 1
+    branches.append(expression[start:].strip())
+    return [b for b in branches if b]
+
+
+def _applies(branch: str, resource_type: str) -> bool:
+    head = branch.lstrip("(").split(".", 1)[0].split(" ", 1)[0]
+    if not head[:1].isupper():
+        return True  # relative, or %resource
+    return head == resource_type or head in _ABSTRACT_ROOTS
+
+
+@cache
+def _parameters_by_url() -> dict[str, dict[str, Any]]:
+    return {sp["url"]: sp for sp in registry.search_parameters()}
+
+
+def _compile_branch(
+    branch: str, param_type: str, resource_type: str, focus: Child | None, problems: list[str]
+) -> Branch | None:
+    try:
+        plan = compile_path(branch, resource_type, focus)
+    except UnknownElementError as exc:
+        problems.append(f"{resource_type}: {branch!r}: {exc}")
+        return None
+    if plan is not None:
+        return PathBranch(plan, param_type)
+    try:
+        return FhirPathBranch(branch, param_type)
+    except Exception as exc:  # fhirpathpy raises its own parser errors
+        problems.append(f"{resource_type}: {branch!r}: fhirpathpy cannot compile it: {exc}")
+        return None
+
+
+def _compile_composite(
+    sp: dict[str, Any], branch: str, resource_type: str, problems: list[str]
+) -> Branch | None:
+    try:
+        base = compile_path(branch, resource_type)
+    except UnknownElementError as exc:
+        problems.append(f"{resource_type}: {branch!r}: {exc}")
+        return None
+    if base is None or base.resolve_types:
+        problems.append(f"{resource_type}: composite base {branch!r} is not a plain path")
+        return None
+    items = []
+    for leaf in base.leaves:
+        components: list[Component] = []
+        for component in sp.get("component", ()):
+            definition = _parameters_by_url().get(component["definition"])
+            if definition is None:
+                problems.append(f"unknown component {component['definition']}")
+                return None
+            compiled = []
+            for part in split_union(component["expression"]):
+                one = _compile_branch(
+                    part, definition["type"], resource_type, leaf.element, problems
+                )
+                if one is not None:
+                    compiled.append(one)
+            components.append((definition["code"], tuple(compiled)))
+        items.append((leaf.steps, tuple(components)))
+    return CompositeBranch(tuple(items))
+
+
+def _compile_for(sp: dict[str, Any], resource_type: str, problems: list[str]) -> tuple[Branch, ...]:
+    expression = sp.get("expression")
+    if not expression or sp["code"] == "near":
+        return ()
+    compiled: list[Branch] = []
+    for branch in split_union(expression):
+        if not _applies(branch, resource_type):
+            continue
+        if sp["type"] == "composite":
+            one = _compile_composite(sp, branch, resource_type, problems)
+        else:
+            one = _compile_branch(branch, sp["type"], resource_type, None, problems)
+        if one is not None:
+            compiled.append(one)
+    return tuple(compiled)
+
+
+def compile_parameter(sp: dict[str, Any], resource_type: str | None = None) -> Extractor:
+    """Compile a SearchParameter for ``resource_type``, or for each of its ``base`` types.
+
+    An Extractor compiled for an abstract base (``Resource``: ``_id``, ``_tag``, ...) serves
+    every resource type derived from it.
+    """
+    problems: list[str] = []
+    bases = [resource_type] if resource_type else list(sp.get("base", ()))
+    branches = {base: _compile_for(sp, base, problems) for base in bases}
+    for problem in problems:
+        _log.warning("SearchParameter %s: %s", sp["url"], problem)
+    return Extractor(sp, branches, tuple(problems))
+
+
+@cache
+def _extractors_for(resource_type: str) -> dict[str, Extractor]:
+    parameters = registry.search_parameters_for(resource_type)
+    return {code: compile_parameter(parameters[code], resource_type) for code in sorted(parameters)}
+
+
+@cache
+def _plan_for(
+    resource_type: str,
+) -> tuple[tuple[str, frozenset[str] | None, tuple[Branch, ...]], ...]:
+    """What :func:`extract` runs for a type: (code, needs, branches) per supported parameter."""
+    return tuple(
+        (e.code, e._needs[resource_type], e._branches[resource_type])
+        for e in _extractors_for(resource_type).values()
+        if e.supported
+    )
+
+
+def extractors_for(resource_type: str) -> list[Extractor]:
+    """The extractors of every SearchParameter of a resource type, by code (compiled once).
+
+    Raises :class:`KeyError` for an unknown resource type.
+    """
+    return list(_extractors_for(resource_type).values())
+
+
+def extractor_for(resource_type: str, code: str) -> Extractor:
+    """The extractor of one search parameter; :class:`KeyError` if there is none."""
+    try:
+        return _extractors_for(resource_type)[code]
+    except KeyError:
+        raise KeyError(f"no SearchParameter {code!r} for {resource_type}") from None
+
+
+def extract(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
+    """Code -> index values, for every supported SearchParameter of the resource's type.
+
+    A parameter the resource has no value for maps to ``[]`` (what ``:missing`` looks at).
+    """
+    plan = _plan_for(resource["resourceType"])
+    return {code: _evaluate(resource, needs, branches) for code, needs, branches in plan}
+
+
+def values_of(resource: dict[str, Any], code: str) -> list[IndexValue]:
+    """One parameter's values in a resource (for matching, and tests)."""
+    return extractor_for(resource["resourceType"], code).extract(resource)
