@@ -18,14 +18,17 @@ same machine):
    ``durable=True``: fsync on). The server does much more per resource (parse, check, rewrite
    references, add meta, two rows: current + history, HTTP), so the target is a small ratio.
 
-2. **Read by id.** After the ingest, ``--reads`` random ids of stored resources are read with
-   ``GET /fhir/{type}/{id}``, one after the other on one keep-alive client; latency of each is
-   recorded and reported as p50/p99, plus requests per second.
+2. **Read by id.** After the ingest, ``--reads`` random ids of stored resources (from the
+   transaction responses' locations) are read with ``GET /fhir/{type}/{id}``, one after the
+   other on one keep-alive client; the latency of each is recorded and reported as p50/p99,
+   plus requests per second. Each id is read once untimed first (that is how the floor gets
+   its bytes), so this is a warm read.
 
    *Floor:* a bare ASGI callable that answers the same paths with the same bytes (body, ETag,
    Last-Modified, Content-Type, preloaded in a dict), served by uvicorn in its own process
    exactly as ``carebridge serve`` does (``uvicorn.run(app, host, port, log_level="warning",
-   access_log=False)``: uvloop + httptools), read the same way in the same order.
+   access_log=False)``: uvloop + httptools), read the same way in the same order. Product and
+   floor reads alternate in chunks of 100 so both see the same background load.
 
 3. **Server memory** (``--all``): VmRSS of the server process after loading every bundle
    (from ``/proc/<pid>/status``), with the peak (VmHWM).
@@ -85,6 +88,7 @@ READ_P50_TARGET_MS = 2.0
 READ_RATE_TARGET = 0.5
 RSS_TARGET_MB = 250.0
 WARMUP_READS = 200
+READ_CHUNK = 100
 FLOOR_ROUNDS = 3
 SEED = 20261122
 
@@ -356,29 +360,59 @@ def postgres_floor(bundles: Sequence[Bundle], url: str) -> Rate:
 Answer = tuple[bytes, list[tuple[bytes, bytes]]]  # body, headers as the bare endpoint sends
 
 
-def time_reads(origin: str, paths: Sequence[str], *,
-               keep: dict[str, Answer] | None = None) -> Latencies:
-    """GET each path in turn on one keep-alive client; warm up first on the same paths."""
-    latencies: list[int] = []
+def fetch_answers(origin: str, paths: Sequence[str]) -> dict[str, Answer]:
+    """What the product answers for each path: the bytes the bare endpoint will send."""
+    answers: dict[str, Answer] = {}
     with httpx2.Client(base_url=origin, timeout=60, headers={"Accept": FHIR_JSON}) as client:
-        for path in paths[:WARMUP_READS]:
-            client.get(path).raise_for_status()
-        clock = time.perf_counter_ns
-        started = clock()
-        for path in paths:
-            before = clock()
+        for path in dict.fromkeys(paths):
             reply = client.get(path)
-            latencies.append(clock() - before)
             if reply.status_code != 200:
                 raise BenchError(f"GET {path}: HTTP {reply.status_code}: {reply.content[:300]!r}")
-            if keep is not None and path not in keep:
-                keep[path] = (reply.content, [
-                    (name.encode(), reply.headers[name].encode())
-                    for name in ("content-type", "etag", "last-modified")
-                    if name in reply.headers
-                ])
-        seconds = (clock() - started) / 1e9
-    return Latencies(latencies, seconds)
+            answers[path] = (reply.content, [
+                (name.encode(), reply.headers[name].encode())
+                for name in ("content-type", "etag", "last-modified") if name in reply.headers
+            ])
+    return answers
+
+
+def _timed_reads(client: httpx2.Client, paths: Sequence[str], latencies: list[int]) -> int:
+    """GET each path in turn, appending each latency; returns the wall time in ns."""
+    clock = time.perf_counter_ns
+    started = clock()
+    for path in paths:
+        before = clock()
+        reply = client.get(path)
+        latencies.append(clock() - before)
+        if reply.status_code != 200:
+            raise BenchError(f"GET {path}: HTTP {reply.status_code}: {reply.content[:300]!r}")
+    return clock() - started
+
+
+def time_reads(product_origin: str, bare_origin: str,
+               paths: Sequence[str]) -> tuple[Latencies, Latencies]:
+    """Read ``paths`` from the product and from the bare endpoint, interleaved.
+
+    Both servers run at once (an idle one costs nothing); the reads alternate in chunks of
+    READ_CHUNK, each side on its own keep-alive client, so that both see the same background
+    load. Both are warmed up first.
+    """
+    product_ns: list[int] = []
+    bare_ns: list[int] = []
+    wall = {"product": 0, "bare": 0}
+    headers = {"Accept": FHIR_JSON}
+    with (httpx2.Client(base_url=product_origin, timeout=60, headers=headers) as product,
+          httpx2.Client(base_url=bare_origin, timeout=60, headers=headers) as bare):
+        _timed_reads(product, paths[:WARMUP_READS], [])
+        _timed_reads(bare, paths[:WARMUP_READS], [])
+        for number, first in enumerate(range(0, len(paths), READ_CHUNK)):
+            chunk = paths[first:first + READ_CHUNK]
+            sides = [("product", product, product_ns), ("bare", bare, bare_ns)]
+            if number % 2:
+                sides.reverse()
+            for name, client, latencies in sides:
+                wall[name] += _timed_reads(client, chunk, latencies)
+    return (Latencies(product_ns, wall["product"] / 1e9),
+            Latencies(bare_ns, wall["bare"] / 1e9))
 
 
 def bare_application(answers: dict[str, Answer]) -> Callable[[Scope, Receive, Send],
@@ -395,9 +429,10 @@ def bare_application(answers: dict[str, Answer]) -> Callable[[Scope, Receive, Se
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         found = answers.get(scope["path"])
-        if found is None:
-            await send({"type": "http.response.start", "status": 404 if scope["path"] != "/"
-                        else 200, "headers": [(b"content-length", b"0")]})
+        if found is None:  # "/" answers 200 (the readiness probe), anything else 404
+            status = 200 if scope["path"] == "/" else 404
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
         body, headers = found
@@ -493,7 +528,6 @@ def run_backend(backend: str, bundles: Sequence[Bundle], args: argparse.Namespac
         assert pg is not None
         server_url = pg.create_database("bench_carebridge")
 
-    answers: dict[str, Answer] = {}
     with ServerProcess(server_url) as server:
         result.ingest, stored = ingest_over_http(server.base_url, bundles, args.concurrency)
         result.memory_kb = {f"after_ingest_{k}": v for k, v in proc_memory_kb(server.pid).items()}
@@ -502,26 +536,25 @@ def run_backend(backend: str, bundles: Sequence[Bundle], args: argparse.Namespac
                   else rng.choices(stored, k=args.reads))
         paths = [f"/fhir/{ref}" for ref in picked]
         origin = server.base_url.removesuffix("/fhir")
-        result.reads = time_reads(origin, paths, keep=answers)
+        with BareServer(fetch_answers(origin, paths), workdir) as bare:
+            result.reads, result.reads_floor = time_reads(origin, bare.origin, paths)
         result.memory_kb |= {f"after_reads_{k}": v
                              for k, v in proc_memory_kb(server.pid).items()}
 
-    with BareServer(answers, workdir) as bare:
-        result.reads_floor = time_reads(bare.origin, paths)
-
-    report_backend(result, args.all)
+    report_backend(result, args.all, args.concurrency)
     return result
 
 
-def report_backend(result: BackendResult, everything: bool) -> None:
+def report_backend(result: BackendResult, everything: bool, concurrency: int) -> None:
     ingest, floor = result.ingest, result.ingest_floor
     assert ingest is not None and floor is not None
     ratio = ingest.per_second / floor.per_second
     target = INGEST_TARGETS[result.backend]
     floor_kind = ("executemany, WAL, synchronous=FULL" if result.backend == "sqlite"
                   else "executemany into jsonb, fsync on")
+    clients = "1 client" if concurrency == 1 else f"{concurrency} clients"
     print(f"  ingest over HTTP   {ingest.per_second:10,.0f} resources/s"
-          f"  ({ingest.count} in {ingest.seconds:.2f} s)")
+          f"  ({ingest.count} in {ingest.seconds:.2f} s; {clients})")
     print(f"  floor (raw insert) {floor.per_second:10,.0f} rows/s"
           f"       ({floor.count} in {floor.seconds:.2f} s; {floor_kind};"
           f" median of {FLOOR_ROUNDS})")
@@ -591,6 +624,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_bare is not None and args.port is None:
+        parser.error("--serve-bare needs --port")
     if args.patients < 1 or args.reads < 1 or args.concurrency < 1:
         parser.error("--patients, --reads and --concurrency must be at least 1")
     return args
@@ -613,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f" server, database and client share the machine")
     load = os.getloadavg()[0]
     print(f"load average {load:.2f} before the run"
-          + ("  (other processes are busy: figures will be noisy)" if load > 0.5 else ""))
+          + ("  (the machine was busy recently: figures may be noisy)" if load > 0.5 else ""))
     started = time.perf_counter()
     results: list[BackendResult] = []
     pg: ThrowawayPostgres | None = None

@@ -47,11 +47,12 @@ def create_api(
         Route("/fhir/metadata", metadata, methods=["GET"]),
         Route("/fhir/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/_history", fhir.history, methods=["GET"]),
+        # Reads first among the instance routes: the hottest path matches early.
+        Route("/fhir/{type}/{id}", fhir.read, methods=["GET"]),
         Route("/fhir/{type}/{id}/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/{id}/_history/{vid}", fhir.vread, methods=["GET"]),
         Route("/fhir/{type}", fhir.create, methods=["POST"]),
         Route("/fhir/{type}", fhir.search_not_supported, methods=["GET"]),
-        Route("/fhir/{type}/{id}", fhir.read, methods=["GET"]),
         Route("/fhir/{type}/{id}", fhir.update, methods=["PUT"]),
         Route("/fhir/{type}/{id}", fhir.patch, methods=["PATCH"]),
         Route("/fhir/{type}/{id}", fhir.delete, methods=["DELETE"]),

@@ -167,14 +167,21 @@ class PostgresRepository:
         self.url = url
         self._pool = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=True,
-            kwargs={"autocommit": False}, name="carebridge",
+            kwargs={"autocommit": True}, name="carebridge",
         )
         self._pool.wait(timeout=30)
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[PostgresSession]:
-        with self._pool.connection() as conn, conn.transaction():
-            yield PostgresSession(conn)
+        # Connections are in autocommit mode: a read-only session's statements each run on
+        # their own (one round trip for a read by id instead of BEGIN, SELECT, COMMIT); a write
+        # session is one explicit transaction.
+        with self._pool.connection() as conn:
+            if write:
+                with conn.transaction():
+                    yield PostgresSession(conn)
+            else:
+                yield PostgresSession(conn)
 
     def schema_version(self) -> int:
         with self._pool.connection() as conn:

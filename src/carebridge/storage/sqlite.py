@@ -28,7 +28,7 @@ def _ts(moment: datetime) -> str:
 
 
 def _from_ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)  # Python 3.11 reads the trailing Z as UTC
 
 
 def _version(row: Any) -> StoredVersion:
