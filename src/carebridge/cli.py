@@ -20,6 +20,7 @@ from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
 from carebridge.storage import open_repository
+from carebridge.storage.base import HistoryQuery
 from carebridge.storage.factory import DEFAULT_DATABASE_URL
 
 app = typer.Typer(help="carebridge: FHIR R4 health data platform", no_args_is_help=True,
@@ -147,8 +148,7 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     repo = open_repository(database)
     try:
         with repo.session() as session:
-            page = session.history("Patient", None, since=None, before_seq=None,
-                                   after_seq=None, count=5, with_total=False)
+            page = session.history(HistoryQuery("Patient", count=5))
     finally:
         repo.close()
     console.print("Sample patients:")

@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from carebridge.demo import load_bundle
 from carebridge.storage import Repository
+from carebridge.storage.base import HistoryQuery
 
 JSON = {"content-type": "application/fhir+json"}
 
@@ -30,8 +31,7 @@ def post(method: str, url: str, resource: dict[str, Any] | None = None,
 
 def count_versions(repository: Repository) -> int:
     with repository.session() as s:
-        page = s.history(None, None, since=None, before_seq=None, after_seq=None, count=1,
-                         with_total=True)
+        page = s.history(HistoryQuery(count=1, with_total=True))
         return page.total or 0
 
 

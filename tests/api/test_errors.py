@@ -12,15 +12,14 @@ from carebridge.api import create_api
 from carebridge.fhir.errors import Conflict
 from carebridge.services import ResourceService
 from carebridge.storage import Repository
-from carebridge.storage.base import Write
+from carebridge.storage.base import HistoryQuery, Write
 
 JSON = {"content-type": "application/fhir+json"}
 
 
 def versions(repository: Repository) -> int:
     with repository.session() as s:
-        return s.history(None, None, since=None, before_seq=None, after_seq=None, count=1,
-                         with_total=True).total or 0
+        return s.history(HistoryQuery(count=1, with_total=True)).total or 0
 
 
 def outcome(response: Any, status: int) -> dict[str, Any]:
@@ -167,8 +166,7 @@ def test_lost_race_without_if_match_is_409_or_serialized(
     with repository.session() as s:
         current = s.read("Patient", "r")
         assert current is not None
-        history = s.history("Patient", "r", since=None, before_seq=None, after_seq=None,
-                            count=10, with_total=True)
+        history = s.history(HistoryQuery("Patient", "r", count=10))
     if repository.dialect == "postgresql":
         assert result == "409"
         assert current.version == 2 and b'"gender":"male"' in (current.body or b"")

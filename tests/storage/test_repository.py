@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from carebridge.storage import Repository, StoredVersion, VersionConflict, open_repository
-from carebridge.storage.base import Write
+from carebridge.storage.base import HistoryQuery, Write
 from carebridge.storage.migrations import migrations_for
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
@@ -43,8 +44,7 @@ def test_create_of_existing_id_conflicts_and_writes_nothing(repository: Reposito
         s.write([Write(version("b", 1, "POST"), None), Write(version("a", 1, "POST"), None)])
     with repository.session() as s:
         assert s.read("Patient", "b") is None  # rolled back with the conflict
-        assert s.history("Patient", None, since=None, before_seq=None, after_seq=None,
-                         count=10, with_total=True).total == 1
+        assert s.history(HistoryQuery("Patient", count=10, with_total=True)).total == 1
 
 
 def test_update_from_a_stale_version_conflicts(repository: Repository) -> None:
@@ -63,8 +63,7 @@ def test_deletion_is_a_version(repository: Repository) -> None:
         current = s.read("Patient", "a")
         assert current is not None and current.deleted and current.body is None
         assert s.count_current() == {}
-        page = s.history("Patient", "a", since=None, before_seq=None, after_seq=None,
-                         count=10, with_total=True)
+        page = s.history(HistoryQuery("Patient", "a"))
         assert [v.method for _, v in page.entries] == ["DELETE", "POST"]
 
 
@@ -74,21 +73,18 @@ def test_history_pages_newest_first_with_cursors_and_since(repository: Repositor
             s.write([Write(version(f"p{i}", 1, "POST", at=T0 + timedelta(minutes=i)), None)])
         s.write([Write(StoredVersion("Observation", "o", 1, T0, "POST", b"{}"), None)])
     with repository.session() as s:
-        def page(**kw: object) -> list[str]:
-            args = {"since": None, "before_seq": None, "after_seq": None, "count": 3,
-                    "with_total": False} | kw
-            return [v.id for _, v in s.history("Patient", None, **args).entries]  # type: ignore[arg-type]
+        def page(**kw: Any) -> list[str]:
+            query = HistoryQuery("Patient", **({"count": 3} | kw))
+            return [v.id for _, v in s.history(query).entries]
 
-        first = s.history("Patient", None, since=None, before_seq=None, after_seq=None,
-                          count=3, with_total=True)
+        first = s.history(HistoryQuery("Patient", count=3, with_total=True))
         assert [v.id for _, v in first.entries] == ["p6", "p5", "p4"]
         assert first.total == 7
         last_seq = first.entries[-1][0]
         assert page(before_seq=last_seq) == ["p3", "p2", "p1"]
         assert page(after_seq=last_seq) == ["p6", "p5"]
         assert page(since=T0 + timedelta(minutes=5), count=10) == ["p6", "p5"]
-        everything = s.history(None, None, since=None, before_seq=None, after_seq=None,
-                               count=100, with_total=True)
+        everything = s.history(HistoryQuery(count=100, with_total=True))
         assert everything.total == 8
 
 
@@ -131,8 +127,7 @@ def test_concurrent_updates_never_lose_one(repository: Repository) -> None:
     with repository.session() as s:
         current = s.read("Patient", "c")
         assert current is not None and current.version == 81
-        page = s.history("Patient", "c", since=None, before_seq=None, after_seq=None,
-                         count=1000, with_total=True)
+        page = s.history(HistoryQuery("Patient", "c", count=1000))
         assert sorted(v.version for _, v in page.entries) == list(range(1, 82))
 
 

@@ -38,6 +38,7 @@ from carebridge.fhir.resource import (
 from carebridge.security.policy import AccessPolicy, Action, AllowAll, Caller
 from carebridge.storage.base import (
     HistoryPage,
+    HistoryQuery,
     Method,
     Repository,
     Session,
@@ -209,10 +210,9 @@ class ResourceService:
                 and session.read(resource_type, resource_id) is None
             ):
                 raise NotFound(f"{resource_type}/{resource_id} is not known")
-            return session.history(
-                resource_type, resource_id, since=since, before_seq=before_seq,
-                after_seq=after_seq, count=count, with_total=with_total,
-            )
+            return session.history(HistoryQuery(
+                resource_type, resource_id, since, before_seq, after_seq, count, with_total
+            ))
 
     # ----------------------------------------------------------------- writes
 

@@ -57,6 +57,20 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which versions to list: all, one type's, or one resource's; ``since`` an instant;
+    ``before_seq``/``after_seq`` page by the ``seq`` cursor (newer/older pages)."""
+
+    resource_type: str | None = None
+    resource_id: str | None = None
+    since: datetime | None = None
+    before_seq: int | None = None
+    after_seq: int | None = None
+    count: int = 50
+    with_total: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryPage:
     """Versions newest first, with the ``seq`` cursor of each for keyset paging."""
 
@@ -82,18 +96,8 @@ class Session(Protocol):
         """Store new versions (see the module docstring for the conflict contract)."""
         ...
 
-    def history(
-        self,
-        resource_type: str | None,
-        resource_id: str | None,
-        *,
-        since: datetime | None,
-        before_seq: int | None,
-        after_seq: int | None,
-        count: int,
-        with_total: bool,
-    ) -> HistoryPage:
-        """Versions, newest first. ``before_seq``/``after_seq`` page by the ``seq`` cursor."""
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        """Versions, newest first (see :class:`HistoryQuery`)."""
         ...
 
     def count_current(self, resource_type: str | None = None) -> dict[str, int]:

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from carebridge.storage.base import HistoryPage, StoredVersion, VersionConflict, Write
+from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
+from carebridge.storage.sql import VERSION_COLUMNS, history_sql
 
-_COLUMNS = "resource_type, id, version, last_updated, method, body"
 _MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
 
 
@@ -59,7 +59,7 @@ class PostgresSession:
 
     def vread(self, resource_type: str, resource_id: str, version: int) -> StoredVersion | None:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM resource_history"
+            f"SELECT {VERSION_COLUMNS} FROM resource_history"
             " WHERE resource_type = %s AND id = %s AND version = %s",
             (resource_type, resource_id, version),
         ).fetchone()
@@ -94,7 +94,7 @@ class PostgresSession:
                 if cur.rowcount != 1:
                     raise VersionConflict(v.resource_type, v.id)
             cur.executemany(
-                f"INSERT INTO resource_history ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO resource_history ({VERSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                 [
                     (w.version.resource_type, w.version.id, w.version.version,
                      w.version.last_updated, w.version.method, w.version.body)
@@ -102,51 +102,17 @@ class PostgresSession:
                 ],
             )
 
-    def history(
-        self,
-        resource_type: str | None,
-        resource_id: str | None,
-        *,
-        since: datetime | None,
-        before_seq: int | None,
-        after_seq: int | None,
-        count: int,
-        with_total: bool,
-    ) -> HistoryPage:
-        where: list[str] = []
-        params: list[Any] = []
-        if resource_type is not None:
-            where.append("resource_type = %s")
-            params.append(resource_type)
-        if resource_id is not None:
-            where.append("id = %s")
-            params.append(resource_id)
-        if since is not None:
-            where.append("last_updated >= %s")
-            params.append(since)
-        base_where, base_params = list(where), list(params)
-        if before_seq is not None:
-            where.append("seq < %s")
-            params.append(before_seq)
-        if after_seq is not None:
-            where.append("seq > %s")
-            params.append(after_seq)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        order = "ASC" if after_seq is not None else "DESC"
-        rows = self._conn.execute(
-            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"
-            f" ORDER BY seq {order} LIMIT %s",
-            (*params, count),
-        ).fetchall()
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        page_sql, page_params, total_sql, total_params = history_sql(
+            query, "%s", query.since
+        )
+        rows = self._conn.execute(page_sql, page_params).fetchall()
         entries = [(int(row[0]), _version(row[1:])) for row in rows]
-        if order == "ASC":
+        if query.after_seq is not None:
             entries.reverse()
         total = None
-        if with_total:
-            total_clause = (" WHERE " + " AND ".join(base_where)) if base_where else ""
-            one = self._conn.execute(
-                f"SELECT count(*) FROM resource_history{total_clause}", base_params
-            ).fetchone()
+        if total_sql is not None:
+            one = self._conn.execute(total_sql, total_params).fetchone()
             total = int(one[0]) if one else 0
         return HistoryPage(entries, total)
 

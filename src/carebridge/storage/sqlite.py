@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from carebridge.storage.base import HistoryPage, StoredVersion, VersionConflict, Write
+from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
-
-_COLUMNS = "resource_type, id, version, last_updated, method, body"
+from carebridge.storage.sql import VERSION_COLUMNS, history_sql
 
 
 def _ts(moment: datetime) -> str:
@@ -71,7 +70,7 @@ class SqliteSession:
 
     def vread(self, resource_type: str, resource_id: str, version: int) -> StoredVersion | None:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM resource_history"
+            f"SELECT {VERSION_COLUMNS} FROM resource_history"
             " WHERE resource_type = ? AND id = ? AND version = ?",
             (resource_type, resource_id, version),
         ).fetchone()
@@ -104,7 +103,7 @@ class SqliteSession:
             if cur.rowcount != 1:
                 raise VersionConflict(v.resource_type, v.id)
         self._conn.executemany(
-            f"INSERT INTO resource_history ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO resource_history ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (w.version.resource_type, w.version.id, w.version.version,
                  _ts(w.version.last_updated), w.version.method, w.version.body)
@@ -120,52 +119,18 @@ class SqliteSession:
             seen.add((v.resource_type, v.id))
         return inserts[0]
 
-    def history(
-        self,
-        resource_type: str | None,
-        resource_id: str | None,
-        *,
-        since: datetime | None,
-        before_seq: int | None,
-        after_seq: int | None,
-        count: int,
-        with_total: bool,
-    ) -> HistoryPage:
-        where: list[str] = []
-        params: list[Any] = []
-        if resource_type is not None:
-            where.append("resource_type = ?")
-            params.append(resource_type)
-        if resource_id is not None:
-            where.append("id = ?")
-            params.append(resource_id)
-        if since is not None:
-            where.append("last_updated >= ?")
-            params.append(_ts(since))
-        base_where = list(where)
-        base_params = list(params)
-        if before_seq is not None:
-            where.append("seq < ?")
-            params.append(before_seq)
-        if after_seq is not None:
-            where.append("seq > ?")
-            params.append(after_seq)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        order = "ASC" if after_seq is not None else "DESC"
-        rows = self._conn.execute(
-            f"SELECT seq, {_COLUMNS} FROM resource_history{clause}"
-            f" ORDER BY seq {order} LIMIT ?",
-            (*params, count),
-        ).fetchall()
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        page_sql, page_params, total_sql, total_params = history_sql(
+            query, "?", _ts(query.since) if query.since else None
+        )
+        rows = self._conn.execute(page_sql, page_params).fetchall()
         entries = [(row[0], _version(row[1:])) for row in rows]
-        if order == "ASC":
+        if query.after_seq is not None:
             entries.reverse()
         total = None
-        if with_total:
-            total_clause = (" WHERE " + " AND ".join(base_where)) if base_where else ""
-            total = self._conn.execute(
-                f"SELECT count(*) FROM resource_history{total_clause}", base_params
-            ).fetchone()[0]
+        if total_sql is not None:
+            one = self._conn.execute(total_sql, total_params).fetchone()
+            total = int(one[0]) if one else 0
         return HistoryPage(entries, total)
 
     def count_current(self, resource_type: str | None = None) -> dict[str, int]:
