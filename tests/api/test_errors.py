@@ -12,7 +12,7 @@ from carebridge.api import create_api
 from carebridge.fhir.errors import Conflict
 from carebridge.services import ResourceService
 from carebridge.storage import Repository
-from carebridge.storage.base import HistoryQuery, Write
+from carebridge.storage.base import HistoryQuery
 
 JSON = {"content-type": "application/fhir+json"}
 
@@ -142,10 +142,9 @@ def test_lost_race_without_if_match_is_409_or_serialized(
         current = session.read("Patient", "r")
         read_done.set()
         other_done.wait(timeout=2)
-        nxt = service._new_version({"resourceType": "Patient", "id": "r", "active": True},
-                                   "Patient", "r", current.version + 1, "PUT",
-                                   service.clock())
-        pending.writes.append(Write(nxt, current.version))
+        service.stage(pending, {"resourceType": "Patient", "id": "r", "active": True},
+                      "Patient", "r", current.version + 1, "PUT", service.clock(),
+                      current.version)
 
     def winner() -> None:
         read_done.wait(timeout=5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -18,14 +18,22 @@ from starlette.responses import Response
 
 from carebridge.api import negotiation as neg
 from carebridge.api.responses import fhir_json, version_headers
-from carebridge.fhir.errors import BadRequest, NotImplementedYet, information
+from carebridge.fhir.errors import (
+    BadRequest,
+    NotFound,
+    NotImplementedYet,
+    UnsupportedMediaType,
+    information,
+)
 from carebridge.fhir.resource import format_instant, parse_instant, parse_json
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.security.policy import Caller
 from carebridge.services.bundles import BundleProcessor
-from carebridge.services.resources import ResourceService, WriteResult
+from carebridge.services.resources import ResourceService, WriteResult, check_type
+from carebridge.services.search import SearchService, search_bundle
 from carebridge.storage.base import HistoryPage, StoredVersion
 
+_COMPARTMENTS = {"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"}
 _METHOD_STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK",
                   "DELETE": "204 No Content"}
 
@@ -34,6 +42,7 @@ class FhirRoutes:
     def __init__(self, service: ResourceService, *, max_body_bytes: int,
                  default_count: int = 50, max_count: int = 1000) -> None:
         self.service = service
+        self.search_service = SearchService(service, max_count=max_count)
         self.max_body_bytes = max_body_bytes
         self.default_count = default_count
         self.max_count = max_count
@@ -154,10 +163,34 @@ class FhirRoutes:
             return fhir_json(information(text), 200, headers)
         return Response(status_code=204, headers=headers)
 
-    async def search_not_supported(self, request: Request) -> Response:
-        raise NotImplementedYet(
-            "Search is not supported yet by this server; read resources by id or page"
-            " through _history")
+    async def search(self, request: Request) -> Response:
+        """Type, system and compartment search; GET, or POST to ``_search`` with a form."""
+        neg.check_accept(request)
+        p = request.path_params
+        params = list(request.query_params.multi_items())
+        if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip()
+            if ctype not in ("application/x-www-form-urlencoded", ""):
+                raise UnsupportedMediaType(
+                    "POST _search takes application/x-www-form-urlencoded parameters")
+            body = await neg.read_body_raw(request, self.max_body_bytes)
+            params += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+        compartment = None
+        rtype: str | None = p.get("type")
+        if "compartment" in p:
+            compartment = (p["compartment"], p["id"])
+            check_type(p["compartment"])
+            if p["compartment"] not in _COMPARTMENTS:
+                raise NotFound(f"{p['compartment']} is not a compartment")
+            rtype = None if p["type"] == "*" else p["type"]
+        strict = neg.prefer(request).handling == "strict"
+        result = await run_in_threadpool(
+            lambda: self.search_service.search(self.caller(request), rtype, params,
+                                               strict=strict, compartment=compartment))
+        base = self.base_url(request)
+        path = f"{base}{request.url.path.removeprefix('/fhir').removesuffix('/_search')}"
+        return fhir_json(search_bundle(result, base, path), pretty=neg.pretty(request))
 
     # ------------------------------------------------------------ bundles
 

@@ -75,6 +75,11 @@ async def read_body(request: Request, max_bytes: int, *, patch: bool = False) ->
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"The body ({length} bytes) is over the limit of {max_bytes} bytes")
+    return await read_body_raw(request, max_bytes)
+
+
+async def read_body_raw(request: Request, max_bytes: int) -> bytes:
+    """The body whatever its media type, within the size limit."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -35,6 +35,7 @@ from carebridge.fhir.resource import (
     parse_json,
     with_meta,
 )
+from carebridge.search.index import index_rows
 from carebridge.security.policy import AccessPolicy, Action, AllowAll, Caller
 from carebridge.storage.base import (
     HistoryPage,
@@ -131,19 +132,27 @@ class ResourceService:
             return result
         raise AssertionError("unreachable")
 
-    def _new_version(
+    def stage(
         self,
+        pending: PendingWrites,
         resource: Resource | None,
         resource_type: str,
         resource_id: str,
         version: int,
         method: Method,
         moment: datetime,
+        expected_version: int | None,
     ) -> StoredVersion:
+        """Queue a new version (``resource`` None: a deletion) with its search index rows."""
         body = None
+        index = None
         if resource is not None:
-            body = orjson.dumps(with_meta(resource, resource_id, version, moment))
-        return StoredVersion(resource_type, resource_id, version, moment, method, body)
+            stored = with_meta(resource, resource_id, version, moment)
+            body = orjson.dumps(stored)
+            index = index_rows(stored)
+        new = StoredVersion(resource_type, resource_id, version, moment, method, body)
+        pending.writes.append(Write(new, expected_version, index))
+        return new
 
     def _parse(self, body: bytes | Resource, resource_type: str | None) -> Resource:
         data = parse_json(body) if isinstance(body, bytes | bytearray) else body
@@ -229,10 +238,9 @@ class ResourceService:
         self, pending: PendingWrites, resource: Resource, resource_id: str, moment: datetime
     ) -> WriteResult:
         """Create with a server-assigned id (any id in the body is ignored, as R4 requires)."""
-        version = self._new_version(
-            resource, resource["resourceType"], resource_id, 1, "POST", moment
+        version = self.stage(
+            pending, resource, resource["resourceType"], resource_id, 1, "POST", moment, None
         )
-        pending.writes.append(Write(version, None))
         return WriteResult(version, 201)
 
     def update(
@@ -283,17 +291,18 @@ class ResourceService:
                 f" which {have}"
             )
         if current is None:
-            version = self._new_version(resource, resource_type, resource_id, 1, method, moment)
-            pending.writes.append(Write(version, None))
+            version = self.stage(
+                pending, resource, resource_type, resource_id, 1, method, moment, None
+            )
             return WriteResult(version, 201)
         if not current.deleted and current.body is not None and _same_content(
             current.body, resource
         ):
             return WriteResult(current, 200, changed=False)
-        version = self._new_version(
-            resource, resource_type, resource_id, current.version + 1, method, moment
+        version = self.stage(
+            pending, resource, resource_type, resource_id, current.version + 1, method, moment,
+            current.version,
         )
-        pending.writes.append(Write(version, current.version))
         return WriteResult(version, 201 if current.deleted else 200)
 
     def patch(
@@ -384,10 +393,10 @@ class ResourceService:
             )
         if current is None or current.deleted:
             return None
-        version = self._new_version(
-            None, resource_type, resource_id, current.version + 1, "DELETE", moment
+        version = self.stage(
+            pending, None, resource_type, resource_id, current.version + 1, "DELETE", moment,
+            current.version,
         )
-        pending.writes.append(Write(version, current.version))
         return WriteResult(version, 204)
 
     def count(self, caller: Caller, resource_type: str | None = None) -> dict[str, int]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
 
@@ -50,10 +50,15 @@ class StoredVersion:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """A new version to store; ``expected_version`` is the version it replaces (None: new)."""
+    """A new version to store; ``expected_version`` is the version it replaces (None: new).
+
+    ``index`` holds the version's search index rows (see ``carebridge.search.index``); they
+    replace the resource's previous rows. A deletion has none.
+    """
 
     version: StoredVersion
     expected_version: int | None
+    index: dict[str, list[tuple[Any, ...]]] | None = None  # search index rows by table
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,15 @@ class Session(Protocol):
 
     def count_current(self, resource_type: str | None = None) -> dict[str, int]:
         """Number of current, not deleted resources per type."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run SQL generated for this backend's dialect (the search compiler's way in)."""
+        ...
+
+    def lock(self, key: str) -> None:
+        """Hold a transaction-scoped lock named ``key`` until this session ends, so writers
+        that decide by a search (conditional create) cannot both act on the same answer."""
         ...
 
 

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
-from carebridge.storage.sql import VERSION_COLUMNS, history_sql
+from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
 
 _MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
 
@@ -101,6 +101,8 @@ class PostgresSession:
                     for w in writes
                 ],
             )
+            for statement, rows in index_statements(writes, "%s"):
+                cur.executemany(statement, rows)
 
     def history(self, query: HistoryQuery) -> HistoryPage:
         page_sql, page_params, total_sql, total_params = history_sql(
@@ -124,6 +126,13 @@ class PostgresSession:
             params = (resource_type,)
         rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
         return {row[0]: int(row[1]) for row in rows}
+
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql.encode(), params).fetchall()
+
+    def lock(self, key: str) -> None:
+        self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
 
 class PostgresRepository:

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from carebridge.storage.base import HistoryQuery
+from carebridge.storage.base import HistoryQuery, Write
 
 VERSION_COLUMNS = "resource_type, id, version, last_updated, method, body"
+
+# The search index tables (migration 0002) and their value columns; every row starts with
+# (resource_type, id, param).
+INDEX_TABLES: dict[str, tuple[str, ...]] = {
+    "idx_string": ("norm", "exact"),
+    "idx_token": ("system", "code", "text_norm", "type_system", "type_code"),
+    "idx_date": ("low", "high"),
+    "idx_number": ("low", "high", "value"),
+    "idx_quantity": ("system", "code", "value", "low", "high", "canon_code", "canon_value"),
+    "idx_reference": ("target_type", "target_id", "version", "url", "ident_system",
+                      "ident_value"),
+    "idx_uri": ("value",),
+    "idx_composite": ("c1_system", "c1_code", "c2_system", "c2_code", "c2_low", "c2_high"),
+}
+
+Rows = dict[str, list[tuple[Any, ...]]]
+
+
+def index_insert_sql(table: str, mark: str) -> str:
+    columns = ("resource_type", "id", "param", *INDEX_TABLES[table])
+    marks = ", ".join([mark] * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def index_delete_sql(table: str, mark: str) -> str:
+    return f"DELETE FROM {table} WHERE resource_type = {mark} AND id = {mark}"
 
 
 def history_sql(
@@ -44,3 +71,19 @@ def history_sql(
 
 def _where(conditions: list[str]) -> str:
     return (" WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+def index_statements(writes: Sequence[Write], mark: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that bring the search index in line with ``writes``: delete the rows of
+    resources that had a version before, insert the rows of the new versions."""
+    statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+    replaced = [(w.version.resource_type, w.version.id) for w in writes
+                if w.expected_version is not None]
+    if replaced:
+        statements.extend((index_delete_sql(table, mark), replaced) for table in INDEX_TABLES)
+    collected: dict[str, list[tuple[Any, ...]]] = {}
+    for w in writes:
+        for table, rows in (w.index or {}).items():
+            collected.setdefault(table, []).extend(rows)
+    statements.extend((index_insert_sql(table, mark), rows) for table, rows in collected.items())
+    return statements

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
-from carebridge.storage.sql import VERSION_COLUMNS, history_sql
+from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
 
 
 def _ts(moment: datetime) -> str:
@@ -110,6 +110,8 @@ class SqliteSession:
                 for w in writes
             ],
         )
+        for statement, rows in index_statements(writes, "?"):
+            self._conn.executemany(statement, rows)
 
     def _first_existing(self, inserts: Sequence[StoredVersion]) -> StoredVersion:
         seen: set[tuple[str, str]] = set()
@@ -141,6 +143,13 @@ class SqliteSession:
             params = (resource_type,)
         rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
         return {row[0]: row[1] for row in rows}
+
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def lock(self, key: str) -> None:
+        """Nothing to do: a write session holds SQLite's database lock from its start."""
 
 
 class SqliteRepository:

@@ -1,0 +1,318 @@
+"""Compile parsed search criteria to SQL on the index tables, for SQLite or PostgreSQL.
+
+Each criterion becomes a condition on the current-resource table ``resource r``: for most,
+``r.id IN (SELECT i.id FROM idx_<type> i WHERE i.resource_type = ? AND i.param = ? AND ...)``,
+which both databases run as an index-driven semi-join. Chains nest the same subquery on the
+referenced type; ``_has`` nests it on the referring type. The two dialects differ only in the
+parameter mark, so one generator serves both.
+
+Comparison semantics (http://hl7.org/fhir/R4/search.html#prefix): a date value and a date
+parameter are both ranges; ``eq`` means the resource's range lies within the parameter's,
+``gt`` that some of it lies after, ``sa`` that all of it does, and so on. Numbers and
+quantities compare the resource's value with the parameter's implicit precision range.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from carebridge.fhir.errors import BadRequest
+from carebridge.search import terminology
+from carebridge.search.index import canonical, micros
+from carebridge.search.query import Criterion, Value
+from carebridge.search.values import normalize_string
+
+_TABLE = {
+    "string": "idx_string", "token": "idx_token", "date": "idx_date", "number": "idx_number",
+    "quantity": "idx_quantity", "reference": "idx_reference", "uri": "idx_uri",
+    "composite": "idx_composite",
+}
+_TOP = "\U0010ffff"  # sorts after every other character: the end of a prefix range
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_SLOT = re.compile("\x00(\\d+)\x00")
+
+
+class Compiler:
+    """Builds SQL text with its parameters; ``mark`` is ``?`` (SQLite) or ``%s``.
+
+    :meth:`p` returns a numbered slot rather than the mark itself, so fragments may be built
+    in any order; :meth:`finish` puts the marks in and orders the parameters as the text
+    uses them.
+    """
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        self._values: list[Any] = []
+
+    def p(self, value: Any) -> str:
+        self._values.append(value)
+        return f"\x00{len(self._values) - 1}\x00"
+
+    def finish(self, sql: str) -> tuple[str, list[Any]]:
+        params = [self._values[int(n)] for n in _SLOT.findall(sql)]
+        return _SLOT.sub(lambda _: self.mark, sql), params
+
+    def marks(self, values: list[Any] | set[Any] | tuple[Any, ...]) -> str:
+        return ", ".join(self.p(v) for v in values)
+
+    # ------------------------------------------------------------------ criteria
+
+    def condition(self, rtype: str | None, criterion: Criterion, alias: str = "r") -> str:
+        """A condition on ``alias`` (a row of ``resource``) for one criterion."""
+        negate = criterion.modifier == "not" or (
+            criterion.modifier == "not-in")
+        if criterion.modifier == "missing":
+            present = self._present(rtype, criterion)
+            want_missing = criterion.values[0].raw == "true"
+            return self._in(alias, rtype, present, negate=want_missing)
+        if criterion.code == "_id" and criterion.chain is None:
+            ids = [v.code for v in criterion.values if v.code]
+            cond = f"{alias}.id IN ({self.marks(ids)})"
+            return f"NOT ({cond})" if negate else cond
+        return self._in(alias, rtype, self.ids(rtype, criterion), negate=negate)
+
+    def _in(self, alias: str, rtype: str | None, subquery: str, *, negate: bool) -> str:
+        op = "NOT IN" if negate else "IN"
+        if rtype is None:
+            return f"({alias}.resource_type, {alias}.id) {op} ({subquery})"
+        return f"{alias}.id {op} ({subquery})"
+
+    def _scope(self, rtype: str | None, alias: str = "i") -> str:
+        if rtype is None:
+            return "1 = 1"
+        return f"{alias}.resource_type = {self.p(rtype)}"
+
+    def _select(self, rtype: str | None, alias: str = "i") -> str:
+        return f"{alias}.id" if rtype is not None else f"{alias}.resource_type, {alias}.id"
+
+    def _present(self, rtype: str | None, criterion: Criterion) -> str:
+        table = _TABLE.get(criterion.type, "idx_token")
+        return (f"SELECT {self._select(rtype)} FROM {table} i WHERE {self._scope(rtype)}"
+                f" AND i.param = {self.p(criterion.code)}")
+
+    def ids(self, rtype: str | None, criterion: Criterion) -> str:
+        """A subquery selecting the ids (with types when ``rtype`` is None) of resources
+        whose values match the criterion (ignoring ``:not``/``:not-in``, which the caller
+        applies)."""
+        if criterion.has is not None:
+            return self._has(rtype, criterion)
+        if criterion.code == "_list":
+            ids = [v.raw for v in criterion.values]
+            extra = f" AND i.target_type = {self.p(rtype)}" if rtype else ""
+            sel = "i.target_id" if rtype else "i.target_type, i.target_id"
+            return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = 'List'"
+                    f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}){extra}")
+        if criterion.chain is not None:
+            return self._chain(rtype, criterion)
+        table = _TABLE[criterion.type]
+        ors = [self._value(criterion, v) for v in criterion.values]
+        return (f"SELECT {self._select(rtype)} FROM {table} i WHERE {self._scope(rtype)}"
+                f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(ors)})")
+
+    def _chain(self, rtype: str | None, criterion: Criterion) -> str:
+        assert criterion.chain is not None
+        branches = []
+        for target in criterion.chain_types:
+            inner = self.condition_ids(target, criterion.chain)
+            branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN ({inner}))")
+        return (f"SELECT {self._select(rtype)} FROM idx_reference i WHERE {self._scope(rtype)}"
+                f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(branches)})")
+
+    def condition_ids(self, rtype: str, criterion: Criterion) -> str:
+        """Ids of current ``rtype`` resources meeting the criterion, modifiers included."""
+        negate = criterion.modifier in ("not", "not-in") or (
+            criterion.modifier == "missing" and criterion.values[0].raw == "true")
+        if not negate and criterion.modifier != "missing" and criterion.code != "_id":
+            return self.ids(rtype, criterion)
+        cond = self.condition(rtype, criterion, alias="c")
+        return (f"SELECT c.id FROM resource c WHERE c.resource_type = {self.p(rtype)}"
+                f" AND NOT c.deleted AND {cond}")
+
+    def _has(self, rtype: str | None, criterion: Criterion) -> str:
+        assert criterion.has is not None
+        source, ref_code, inner = criterion.has
+        inner_ids = self.condition_ids(source, inner)
+        target = f" AND i.target_type = {self.p(rtype)}" if rtype else ""
+        sel = "i.target_id" if rtype else "i.target_type, i.target_id"
+        return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = {self.p(source)}"
+                f" AND i.param = {self.p(ref_code)}{target} AND i.id IN ({inner_ids})")
+
+    # ------------------------------------------------------------------ values
+
+    def _value(self, criterion: Criterion, value: Value) -> str:
+        kind = criterion.type
+        if kind == "token":
+            return self._token(criterion, value)
+        if kind == "string":
+            return self._string(criterion.modifier, value.raw)
+        if kind == "date":
+            return self._date(value, "i.low", "i.high")
+        if kind == "number":
+            return self._ordered(value, "i.value")
+        if kind == "quantity":
+            return self._quantity(value)
+        if kind == "reference":
+            return self._reference(criterion, value)
+        if kind == "uri":
+            return self._uri(criterion.modifier, value.raw)
+        if kind == "composite":
+            return self._composite(value)
+        raise BadRequest(f"Search on {kind} parameter {criterion.code!r} is not supported")
+
+    def _token(self, criterion: Criterion, value: Value) -> str:
+        modifier = criterion.modifier
+        if modifier == "text":
+            return f"i.text_norm LIKE {self.p(_like(normalize_string(value.raw)))} ESCAPE '\\'"
+        if modifier in ("in", "not-in"):
+            pairs = terminology.expand(value.raw)
+            by_system: dict[str, list[str]] = {}
+            for system, code in pairs:
+                by_system.setdefault(system, []).append(code)
+            if not by_system:
+                return "1 = 0"
+            return " OR ".join(
+                f"(i.system = {self.p(system)} AND i.code IN ({self.marks(sorted(codes))}))"
+                for system, codes in sorted(by_system.items()))
+        if modifier == "of-type":
+            return (f"(i.type_system = {self.p(value.type_system)} AND i.type_code = "
+                    f"{self.p(value.type_code)} AND i.code = {self.p(value.code)})")
+        codes: set[str] | None = None
+        if modifier in ("above", "below") and value.code is not None:
+            expand = terminology.below if modifier == "below" else terminology.above
+            codes = expand(value.system or None, value.code)
+        parts = []
+        if value.code is not None:
+            parts.append(f"i.code IN ({self.marks(sorted(codes))})" if codes
+                         else f"i.code = {self.p(value.code)}")
+        if value.system == "":
+            parts.append("i.system IS NULL")
+        elif value.system is not None:
+            parts.append(f"i.system = {self.p(value.system)}")
+        return "(" + " AND ".join(parts or ["1 = 1"]) + ")"
+
+    def _string(self, modifier: str | None, raw: str) -> str:
+        if modifier == "exact":
+            return f"i.exact = {self.p(raw)}"
+        norm = normalize_string(raw)
+        if modifier == "contains":
+            return f"i.norm LIKE {self.p(_like(norm))} ESCAPE '\\'"
+        return f"(i.norm >= {self.p(norm)} AND i.norm < {self.p(norm + _TOP)})"
+
+    def _date(self, value: Value, low: str, high: str) -> str:
+        assert value.start is not None and value.end is not None
+        qlo, qhi = micros(value.start), micros(value.end)
+        prefix = value.prefix
+        within = f"({low} >= {self.p(qlo)} AND {high} <= {self.p(qhi)})"
+        if prefix == "eq":
+            return within
+        if prefix == "ne":
+            return f"NOT {within}"
+        if prefix == "gt":
+            return f"{high} > {self.p(qhi)}"
+        if prefix == "lt":
+            return f"{low} < {self.p(qlo)}"
+        if prefix == "ge":
+            return f"({high} > {self.p(qhi)} OR {within})"
+        if prefix == "le":
+            return f"({low} < {self.p(qlo)} OR {within})"
+        if prefix == "sa":
+            return f"{low} > {self.p(qhi)}"
+        if prefix == "eb":
+            return f"{high} < {self.p(qlo)}"
+        # ap: within 10% of the distance from now (search.html#prefix), at least the range.
+        now = micros(datetime.now(UTC))
+        slack = abs(now - qlo) // 10
+        return f"({high} >= {self.p(qlo - slack)} AND {low} <= {self.p(qhi + slack)})"
+
+    def _ordered(self, value: Value, column: str, number: float | None = None,
+                 low: float | None = None, high: float | None = None) -> str:
+        """Compare an exact stored value with the parameter's number and implicit range."""
+        q = value.number if number is None else number
+        lo = value.low if low is None else low
+        hi = value.high if high is None else high
+        assert q is not None and lo is not None and hi is not None
+        prefix = value.prefix
+        if prefix == "eq":
+            return f"({column} >= {self.p(lo)} AND {column} < {self.p(hi)})"
+        if prefix == "ne":
+            return f"NOT ({column} >= {self.p(lo)} AND {column} < {self.p(hi)})"
+        if prefix in ("gt", "sa"):
+            return f"{column} > {self.p(q)}"
+        if prefix in ("lt", "eb"):
+            return f"{column} < {self.p(q)}"
+        if prefix == "ge":
+            return f"{column} >= {self.p(q)}"
+        if prefix == "le":
+            return f"{column} <= {self.p(q)}"
+        slack = abs(q) * 0.1  # ap: within 10 % of the value
+        return f"({column} >= {self.p(q - slack)} AND {column} <= {self.p(q + slack)})"
+
+    def _quantity(self, value: Value) -> str:
+        if value.code is not None:
+            unit, number = canonical(value.number, value.code)
+            if unit is not None and number is not None and (
+                value.system in (None, "http://unitsofmeasure.org")
+            ):
+                _, low = canonical(value.low, value.code)
+                _, high = canonical(value.high, value.code)
+                lo, hi = sorted((low or number, high or number))
+                compare = self._ordered(value, "i.canon_value", number, lo, hi)
+                return f"(i.canon_code = {self.p(unit)} AND {compare})"
+            system = f" AND i.system = {self.p(value.system)}" if value.system else ""
+            return (f"(i.code = {self.p(value.code)}{system} AND "
+                    f"{self._ordered(value, 'i.value')})")
+        return self._ordered(value, "i.value")
+
+    def _reference(self, criterion: Criterion, value: Value) -> str:
+        raw = value.raw
+        modifier = criterion.modifier
+        if modifier == "identifier":
+            system, _, code = raw.rpartition("|") if "|" in raw else ("", "", raw)
+            cond = f"i.ident_value = {self.p(code)}"
+            return f"({cond} AND i.ident_system = {self.p(system)})" if system else cond
+        if raw.startswith(("http://", "https://", "urn:")):
+            url, _, version = raw.partition("|")
+            cond = f"i.url = {self.p(url)}"
+            return f"({cond} AND i.version = {self.p(version)})" if version else cond
+        parts = raw.split("/")
+        if len(parts) >= 2:
+            return (f"(i.target_type = {self.p(parts[-2] if len(parts) == 2 else parts[0])}"
+                    f" AND i.target_id = {self.p(parts[1])})")
+        if modifier is not None:  # :Type
+            return f"(i.target_type = {self.p(modifier)} AND i.target_id = {self.p(raw)})"
+        return f"i.target_id = {self.p(raw)}"
+
+    def _uri(self, modifier: str | None, raw: str) -> str:
+        if modifier == "below":
+            return f"(i.value >= {self.p(raw)} AND i.value < {self.p(raw + _TOP)})"
+        if modifier == "above":
+            return f"substr({self.p(raw)}, 1, length(i.value)) = i.value"
+        return f"i.value = {self.p(raw)}"
+
+    def _composite(self, value: Value) -> str:
+        first, second = value.parts[0], value.parts[1]
+        parts = []
+        if first.code is not None:
+            parts.append(f"i.c1_code = {self.p(first.code)}")
+        if first.system:
+            parts.append(f"i.c1_system = {self.p(first.system)}")
+        if second.start is not None:
+            parts.append(self._date(second, "i.c2_low", "i.c2_high"))
+        elif second.number is not None:
+            parts.append(self._ordered(second, "i.c2_low"))
+            if second.code:
+                parts.append(f"i.c2_code = {self.p(second.code)}")
+        else:
+            if second.code is not None:
+                parts.append(f"i.c2_code = {self.p(second.code)}")
+            if second.system:
+                parts.append(f"i.c2_system = {self.p(second.system)}")
+        return "(" + " AND ".join(parts or ["1 = 1"]) + ")"

@@ -1,0 +1,124 @@
+"""Index rows: the extracted values of a resource laid out for the per-type index tables.
+
+The layout (migration ``0002_search_index``) follows STYLE.md point 4: one narrow table per
+search-parameter type, so a token search is one indexed equality and a date search one range
+scan. Values come from :func:`carebridge.search.extract` (the same values in-memory matching
+uses). Dates are stored as microseconds since the epoch (UTC) and numbers as floats with their
+implicit precision range; quantities also carry a canonical UCUM form (``canon_*``) so that
+5.4 mg and 0.0054 g meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from carebridge.search.extract import extract
+from carebridge.search.values import (
+    CompositeValue,
+    DateValue,
+    IndexValue,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+    normalize_string,
+)
+from carebridge.storage.sql import INDEX_TABLES, Rows
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since 1970-01-01T00:00:00Z (negative before)."""
+    return (moment - EPOCH) // _MICRO
+
+
+def _float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def canonical(value: Decimal | float | None, code: str | None) -> tuple[str | None, float | None]:
+    """The canonical UCUM unit and the value in it; (None, None) if not convertible."""
+    if value is None or code is None:
+        return None, None
+    from carebridge.search.ucum import canonical_float
+
+    converted = canonical_float(float(value), code)
+    if converted is None:
+        return None, None
+    return converted[1], converted[0]
+
+
+def _token_row(value: TokenValue) -> tuple[Any, ...]:
+    text = normalize_string(value.text) if value.text else None
+    return (value.system, value.code, text, value.type_system, value.type_code)
+
+
+def _component_parts(value: IndexValue) -> tuple[Any, Any, Any, Any]:
+    """(system, code, low, high) of a composite's second component."""
+    if isinstance(value, TokenValue):
+        return value.system, value.code, None, None
+    if isinstance(value, QuantityValue):
+        return value.system, value.code, _float(value.value), _float(value.value)
+    if isinstance(value, DateValue):
+        return None, None, float(micros(value.start)), float(micros(value.end))
+    if isinstance(value, StringValue):
+        return None, value.normalized, None, None
+    if isinstance(value, NumberValue):
+        return None, None, float(value.low), float(value.high)
+    if isinstance(value, ReferenceValue):
+        return value.target_type, value.target_id or value.url, None, None
+    if isinstance(value, UriValue):
+        return None, value.value, None, None
+    return None, None, None, None
+
+
+def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:
+    if len(value.components) < 2:
+        return
+    firsts = [v for v in value.components[0][1] if isinstance(v, TokenValue)]
+    for first in firsts:
+        for second in value.components[1][1]:
+            yield (first.system, first.code, *_component_parts(second))
+
+
+def index_rows(resource: dict[str, Any]) -> Rows:
+    """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
+    rtype, rid = resource["resourceType"], resource["id"]
+    rows: Rows = {table: [] for table in INDEX_TABLES}
+    for code, values in extract(resource).items():
+        key = (rtype, rid, code)
+        for value in dict.fromkeys(values):
+            if isinstance(value, TokenValue):
+                rows["idx_token"].append((*key, *_token_row(value)))
+            elif isinstance(value, StringValue):
+                rows["idx_string"].append((*key, value.normalized, value.value))
+            elif isinstance(value, DateValue):
+                rows["idx_date"].append((*key, micros(value.start), micros(value.end)))
+            elif isinstance(value, ReferenceValue):
+                ident = value.identifier
+                rows["idx_reference"].append((
+                    *key, value.target_type, value.target_id, value.version, value.url,
+                    ident.system if ident else None, ident.code if ident else None,
+                ))
+            elif isinstance(value, QuantityValue):
+                rows["idx_quantity"].append((
+                    *key, value.system, value.code, _float(value.value), _float(value.low),
+                    _float(value.high), *canonical(value.value, value.code),
+                ))
+            elif isinstance(value, NumberValue):
+                rows["idx_number"].append(
+                    (*key, float(value.low), float(value.high), float(value.value)))
+            elif isinstance(value, UriValue):
+                rows["idx_uri"].append((*key, value.value))
+            elif isinstance(value, CompositeValue):
+                rows["idx_composite"].extend((*key, *row) for row in _composite_rows(value))
+    return {table: found for table, found in rows.items() if found}

@@ -1,0 +1,369 @@
+"""The search use case: parse, authorize, compile to SQL, run, page, include, shape a Bundle.
+
+Paging is by key (the sort keys of the last row seen plus the resource's type and id), so a
+page deep in a result set costs what the first does and stays stable while data is written.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from carebridge.fhir import registry
+from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
+from carebridge.fhir.subsetting import select_elements, summarize
+from carebridge.search.compiler import Compiler
+from carebridge.search.query import SearchQuery, parse_query
+from carebridge.security.policy import Action, Caller
+from carebridge.services.resources import ResourceService, check_type
+from carebridge.storage.base import Session
+
+_KEY_TABLE = {"date": "idx_date", "number": "idx_number", "quantity": "idx_quantity",
+              "string": "idx_string", "token": "idx_token", "reference": "idx_reference",
+              "uri": "idx_uri"}
+_KEY_COLUMN = {"date": ("low", "high"), "number": ("value", "value"),
+               "quantity": ("value", "value"), "string": ("norm", "norm"),
+               "token": ("code", "code"), "reference": ("target_id", "target_id"),
+               "uri": ("value", "value")}
+_NUMERIC = {"date", "number", "quantity"}
+_TOP = "\U0010ffff"
+MAX_INCLUDES = 1000
+
+
+@dataclass
+class Match:
+    resource_type: str
+    id: str
+    body: bytes
+    mode: str = "match"
+
+
+@dataclass
+class SearchResult:
+    query: SearchQuery
+    matches: list[Match] = field(default_factory=list)
+    included: list[Match] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    sql: str
+    numeric: bool
+    desc: bool
+
+
+def _encode_cursor(direction: str, values: list[Any]) -> str:
+    return direction + base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, list[Any]]:
+    direction, payload = cursor[:1], cursor[1:]
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest("Invalid _cursor; use the links the server gave", ("_cursor",)) from None
+    if direction not in ("n", "p") or not isinstance(values, list):
+        raise BadRequest("Invalid _cursor; use the links the server gave", ("_cursor",))
+    return direction, values
+
+
+class SearchService:
+    def __init__(self, resources: ResourceService, *, default_count: int = 20,
+                 max_count: int = 1000) -> None:
+        self.resources = resources
+        self.default_count = default_count
+        self.max_count = max_count
+
+    # ---------------------------------------------------------------- entry points
+
+    def search(
+        self,
+        caller: Caller,
+        resource_type: str | None,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool = False,
+        compartment: tuple[str, str] | None = None,
+    ) -> SearchResult:
+        if resource_type is not None:
+            check_type(resource_type)
+        query = parse_query(resource_type, params, strict=strict,
+                            default_count=self.default_count, max_count=self.max_count)
+        if compartment is not None and not query.resource_types:
+            query.resource_types = _compartment_types(compartment[0])
+        for rtype in query.resource_types or (None,):
+            self.resources.policy.authorize(caller, Action.SEARCH, rtype)
+        with self.resources.repository.session() as session:
+            return self._run(session, query, compartment)
+
+    def match_ids(self, session: Session, resource_type: str, criteria: str,
+                  limit: int = 2) -> list[str]:
+        """Ids of the resources a conditional interaction's criteria select (at most
+        ``limit``); every parameter must be understood (strict), as a guess would be unsafe."""
+        from urllib.parse import parse_qsl
+
+        params = parse_qsl(criteria, keep_blank_values=True)
+        if not params:
+            raise BadRequest(f"Conditional criteria {criteria!r} are empty")
+        query = parse_query(resource_type, params, strict=True, default_count=limit)
+        query.count = limit
+        rows = self._page(session, query, None, None)
+        return [row[1] for row in rows[:limit]]
+
+    # ---------------------------------------------------------------- execution
+
+    def _dialect_mark(self) -> str:
+        return "?" if self.resources.repository.dialect == "sqlite" else "%s"
+
+    def _filter(self, compiler: Compiler, query: SearchQuery,
+                compartment: tuple[str, str] | None) -> str:
+        types = query.resource_types
+        conds = ["NOT r.deleted"]
+        if len(types) == 1:
+            conds.append(f"r.resource_type = {compiler.p(types[0])}")
+            rtype: str | None = types[0]
+        elif types:
+            conds.append(f"r.resource_type IN ({compiler.marks(types)})")
+            rtype = None
+        else:
+            rtype = None
+        for criterion in query.criteria:
+            conds.append(compiler.condition(rtype, criterion))
+        if compartment is not None:
+            conds.append(self._compartment(compiler, types, compartment))
+        return " AND ".join(conds)
+
+    def _compartment(self, compiler: Compiler, types: tuple[str, ...],
+                     compartment: tuple[str, str]) -> str:
+        code, cid = compartment
+        definition = registry.compartment_definition(code)
+        params = {r["code"]: r.get("param") or [] for r in definition.get("resource", [])}
+        branches = []
+        for rtype in types:
+            codes = [p for p in params.get(rtype, []) if p != "{def}"]
+            if "{def}" in params.get(rtype, []) or rtype == code:
+                branches.append(f"(r.resource_type = {compiler.p(rtype)} AND r.id = "
+                                f"{compiler.p(cid)})")
+            if codes:
+                branches.append(
+                    f"(r.resource_type = {compiler.p(rtype)} AND r.id IN (SELECT i.id FROM "
+                    f"idx_reference i WHERE i.resource_type = {compiler.p(rtype)} AND i.param"
+                    f" IN ({compiler.marks(codes)}) AND i.target_type = {compiler.p(code)}"
+                    f" AND i.target_id = {compiler.p(cid)}))")
+        return "(" + (" OR ".join(branches) or "1 = 0") + ")"
+
+    def _keys(self, compiler: Compiler, query: SearchQuery) -> list[_Key]:
+        keys: list[_Key] = []
+        for code, desc in query.sort:
+            if code == "_id":
+                keys.append(_Key("r.id", False, desc))
+                continue
+            sp = registry.search_parameters_for(query.resource_types[0])[code] if (
+                query.resource_types) else registry.search_parameters_for("Patient")[code]
+            kind = sp["type"]
+            table = _KEY_TABLE[kind]
+            column = _KEY_COLUMN[kind][1 if desc else 0]
+            agg = "MAX" if desc else "MIN"
+            numeric = kind in _NUMERIC
+            null = (-9.0e18 if desc else 9.0e18) if numeric else ("" if desc else _TOP)
+            keys.append(_Key(
+                f"COALESCE((SELECT {agg}(s.{column}) FROM {table} s WHERE s.resource_type ="
+                f" r.resource_type AND s.id = r.id AND s.param = {compiler.p(code)}),"
+                f" {compiler.p(null)})", numeric, desc))
+        if len(query.resource_types) != 1:
+            keys.append(_Key("r.resource_type", False, False))
+        keys.append(_Key("r.id", False, False))
+        return keys
+
+    def _page(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
+              cursor: str | None) -> list[tuple[Any, ...]]:
+        compiler = Compiler(self._dialect_mark())
+        keys = self._keys(compiler, query)
+        columns = ", ".join(f"{k.sql} AS k{n}" for n, k in enumerate(keys))
+        where = self._filter(compiler, query, compartment)
+        inner = (f"SELECT r.resource_type AS rt, r.id AS rid, r.body AS body, {columns}"
+                 f" FROM resource r WHERE {where}")
+        backwards = False
+        outer_where = ""
+        if cursor is not None:
+            direction, values = _decode_cursor(cursor)
+            if len(values) != len(keys):
+                raise BadRequest("Invalid _cursor for this search", ("_cursor",))
+            backwards = direction == "p"
+            outer_where = " WHERE " + self._keyset(compiler, keys, values, backwards)
+        order = ", ".join(
+            f"k{n} {'DESC' if k.desc != backwards else 'ASC'}" for n, k in enumerate(keys))
+        limit = compiler.p(query.count + 1)
+        sql = f"SELECT * FROM ({inner}) t{outer_where} ORDER BY {order} LIMIT {limit}"
+        rows = session.query(*compiler.finish(sql))
+        return list(reversed(rows)) if backwards else rows
+
+    @staticmethod
+    def _keyset(compiler: Compiler, keys: list[_Key], values: list[Any], backwards: bool) -> str:
+        ors = []
+        for n, key in enumerate(keys):
+            ands = [f"k{m} = {compiler.p(values[m])}" for m in range(n)]
+            after = key.desc == backwards  # ascending key, forward: greater
+            ands.append(f"k{n} {'>' if after else '<'} {compiler.p(values[n])}")
+            ors.append("(" + " AND ".join(ands) + ")")
+        return "(" + " OR ".join(ors) + ")"
+
+    def _run(self, session: Session, query: SearchQuery,
+             compartment: tuple[str, str] | None) -> SearchResult:
+        result = SearchResult(query)
+        want_total = query.total in ("accurate", "estimate") or query.summary == "count" or (
+            query.total is None and query.cursor is None)
+        if want_total:
+            compiler = Compiler(self._dialect_mark())
+            where = self._filter(compiler, query, compartment)
+            total_sql = f"SELECT count(*) FROM resource r WHERE {where}"
+            result.total = int(session.query(*compiler.finish(total_sql))[0][0])
+        if query.summary == "count" or query.count == 0:
+            return result
+        rows = self._page(session, query, compartment, query.cursor)
+        backwards = query.cursor is not None and query.cursor.startswith("p")
+        more = len(rows) > query.count
+        if more:
+            rows = rows[1:] if backwards else rows[:-1]
+        result.matches = [Match(row[0], row[1], bytes(row[2])) for row in rows]
+        if rows:
+            first, last = list(rows[0][3:]), list(rows[-1][3:])
+            if more or backwards:
+                result.next_cursor = _encode_cursor("n", last)
+            if query.cursor is not None and (more or not backwards):
+                result.previous_cursor = _encode_cursor("p", first)
+        result.included = self._includes(session, query, result.matches)
+        return result
+
+    # ---------------------------------------------------------------- includes
+
+    def _includes(self, session: Session, query: SearchQuery,
+                  matches: list[Match]) -> list[Match]:
+        if not (query.include or query.revinclude) or not matches:
+            return []
+        mark = self._dialect_mark()
+        seen = {(m.resource_type, m.id) for m in matches}
+        included: list[Match] = []
+        frontier = list(matches)
+        first = True
+        while frontier and len(included) < MAX_INCLUDES:
+            wanted: set[tuple[str, str]] = set()
+            for spec in query.include:
+                if first or spec[3]:
+                    wanted |= self._forward(session, mark, spec, frontier)
+            for spec in query.revinclude:
+                if first or spec[3]:
+                    wanted |= self._reverse(session, mark, spec, frontier)
+            wanted -= seen
+            fetched = self._fetch(session, mark, sorted(wanted))[: MAX_INCLUDES - len(included)]
+            seen |= {(m.resource_type, m.id) for m in fetched}
+            included += fetched
+            frontier = fetched
+            first = False
+        return included
+
+    @staticmethod
+    def _pairs(compiler: Compiler, frontier: list[Match], type_col: str, id_col: str) -> str:
+        by_type: dict[str, list[str]] = {}
+        for m in frontier:
+            by_type.setdefault(m.resource_type, []).append(m.id)
+        return " OR ".join(f"({type_col} = {compiler.p(t)} AND {id_col} IN "
+                           f"({compiler.marks(ids)}))" for t, ids in sorted(by_type.items()))
+
+    def _forward(self, session: Session, mark: str, spec: tuple[str, str, str | None, bool],
+                 frontier: list[Match]) -> set[tuple[str, str]]:
+        source, code, target, _ = spec
+        compiler = Compiler(mark)
+        sources = [m for m in frontier if source == "*" or m.resource_type == source]
+        if not sources:
+            return set()
+        conds = [self._pairs(compiler, sources, "i.resource_type", "i.id")]
+        if code != "*":
+            conds.append(f"i.param = {compiler.p(code)}")
+        if target:
+            conds.append(f"i.target_type = {compiler.p(target)}")
+        rows = session.query(*compiler.finish(
+            "SELECT DISTINCT i.target_type, i.target_id FROM idx_reference i WHERE "
+            f"i.target_id IS NOT NULL AND ({conds[0]}){''.join(' AND ' + c for c in conds[1:])}"
+        ))
+        return {(r[0], r[1]) for r in rows if r[0]}
+
+    def _reverse(self, session: Session, mark: str, spec: tuple[str, str, str | None, bool],
+                 frontier: list[Match]) -> set[tuple[str, str]]:
+        source, code, target, _ = spec
+        compiler = Compiler(mark)
+        targets = [m for m in frontier if target is None or m.resource_type == target]
+        if not targets:
+            return set()
+        conds = [self._pairs(compiler, targets, "i.target_type", "i.target_id")]
+        if source != "*":
+            conds.append(f"i.resource_type = {compiler.p(source)}")
+        if code != "*":
+            conds.append(f"i.param = {compiler.p(code)}")
+        rows = session.query(*compiler.finish(
+            "SELECT DISTINCT i.resource_type, i.id FROM idx_reference i WHERE "
+            f"({conds[0]}){''.join(' AND ' + c for c in conds[1:])}"))
+        return {(r[0], r[1]) for r in rows}
+
+    def _fetch(self, session: Session, mark: str,
+               keys: list[tuple[str, str]]) -> list[Match]:
+        if not keys:
+            return []
+        compiler = Compiler(mark)
+        fake = [Match(t, i, b"") for t, i in keys]
+        rows = session.query(*compiler.finish(
+            "SELECT r.resource_type, r.id, r.body FROM resource r WHERE NOT r.deleted AND ("
+            + self._pairs(compiler, fake, "r.resource_type", "r.id") + ")"))
+        return [Match(r[0], r[1], bytes(r[2]), "include") for r in rows]
+
+
+def _compartment_types(code: str) -> tuple[str, ...]:
+    definition = registry.compartment_definition(code)
+    return tuple(sorted(r["code"] for r in definition.get("resource", []) if r.get("param")))
+
+
+def search_bundle(result: SearchResult, base: str, path: str) -> dict[str, Any]:
+    """The ``searchset`` Bundle for a result; ``path`` is the URL the links repeat."""
+    query = result.query
+
+    def link(relation: str, cursor: str | None) -> dict[str, str]:
+        params = [(k, v) for k, v in query.used if k != "_cursor"]
+        if cursor is not None:
+            params.append(("_cursor", cursor))
+        return {"relation": relation, "url": f"{path}?{urlencode(params)}" if params else path}
+
+    links = [link("self", query.cursor)]
+    if result.next_cursor:
+        links.append(link("next", result.next_cursor))
+    if result.previous_cursor:
+        links.append(link("previous", result.previous_cursor))
+    entries: list[dict[str, Any]] = []
+    for match in result.matches + result.included:
+        body: Any = orjson.Fragment(match.body)
+        if query.summary not in (None, "false") or query.elements:
+            resource = orjson.loads(match.body)
+            if query.summary not in (None, "false"):
+                resource = summarize(resource, query.summary or "false")
+            if query.elements:
+                resource = select_elements(resource, query.elements)
+            body = resource
+        entries.append({"fullUrl": f"{base}/{match.resource_type}/{match.id}",
+                        "resource": body, "search": {"mode": match.mode}})
+    if query.ignored:
+        outcome = operation_outcome([
+            Issue("warning", "not-supported", f"Ignored search parameter {name}")
+            for name in query.ignored])
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    bundle["link"] = links
+    bundle["entry"] = entries
+    return bundle
