@@ -158,26 +158,6 @@ def test_transaction_processing_order_and_mixed_methods(client: TestClient) -> N
     assert client.get("/fhir/Patient/b").status_code == 410
 
 
-def test_transaction_refuses_conditional_parts_with_501(client: TestClient,
-                                                        repository: Repository) -> None:
-    before = count_versions(repository)
-    cases = [
-        post("POST", "Patient", {"resourceType": "Patient"}, ifNoneExist="identifier=x|1"),
-        post("PUT", "Patient?identifier=x|1", {"resourceType": "Patient"}),
-        post("DELETE", "Patient?identifier=x|1"),
-        post("GET", "Patient?name=x"),
-        post("POST", "Observation", {"resourceType": "Observation", "status": "final",
-                                     "code": {"text": "x"},
-                                     "performer": [{"reference": "Practitioner?identifier=a|b"}]}),
-    ]
-    for entry in cases:
-        tx = bundle("transaction", post("POST", "Patient", {"resourceType": "Patient"}), entry)
-        response = client.post("/fhir", json=tx, headers=JSON)
-        assert response.status_code == 501, entry
-        assert response.json()["issue"][0]["code"] == "not-supported"
-    assert count_versions(repository) == before
-
-
 def test_transaction_rejects_unresolvable_and_duplicate_entries(client: TestClient) -> None:
     dangling = bundle("transaction", post("POST", "Observation", {
         "resourceType": "Observation", "status": "final", "code": {"text": "x"},

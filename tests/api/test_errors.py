@@ -78,7 +78,7 @@ def test_unknown_type_and_path_are_404(client: TestClient) -> None:
 
 
 def test_wrong_method_is_405(client: TestClient) -> None:
-    outcome(client.delete("/fhir/Patient"), 405)
+    outcome(client.patch("/fhir/Patient", content=b"[]"), 405)
     outcome(client.put("/fhir/metadata", json={}), 405)
     outcome(client.post("/fhir/Patient/1", json={"resourceType": "Patient"}), 405)
 
@@ -119,10 +119,9 @@ def test_oversized_body_is_413(service: ResourceService, repository: Repository)
     assert versions(repository) == 1
 
 
-def test_search_is_not_claimed_yet(client: TestClient) -> None:
-    outcome(client.get("/fhir/Patient"), 501)
-    outcome(client.post("/fhir/Patient", json={"resourceType": "Patient"},
-                        headers={**JSON, "If-None-Exist": "identifier=a|b"}), 501)
+def test_conditional_write_without_criteria_is_400(client: TestClient) -> None:
+    outcome(client.delete("/fhir/Patient"), 400)
+    outcome(client.put("/fhir/Patient", json={"resourceType": "Patient"}, headers=JSON), 400)
 
 
 def test_lost_race_without_if_match_is_409_or_serialized(

@@ -16,7 +16,7 @@ from carebridge.api.capability import capability_statement
 from carebridge.api.errors import handle_error
 from carebridge.api.fhir_routes import FhirRoutes
 from carebridge.api.responses import fhir_json
-from carebridge.fhir.errors import FhirError
+from carebridge.fhir.errors import FhirError, MethodNotAllowed
 from carebridge.fhir.resource import format_instant, now_instant
 from carebridge.services.resources import ResourceService
 
@@ -37,6 +37,9 @@ def create_api(
         statement = capability_statement(fhir.base_url(request), started)
         return fhir_json(statement, pretty=neg.pretty(request))
 
+    async def not_allowed(request: Request) -> Response:
+        raise MethodNotAllowed("The CapabilityStatement is read-only")
+
     async def root(request: Request) -> Response:
         return RedirectResponse("/fhir/metadata")
 
@@ -47,6 +50,7 @@ def create_api(
         Route("/fhir", fhir.search, methods=["GET"]),
         Route("/fhir/_search", fhir.search, methods=["POST"]),
         Route("/fhir/metadata", metadata, methods=["GET"]),
+        Route("/fhir/metadata", not_allowed, methods=["POST", "PUT", "PATCH", "DELETE"]),
         Route("/fhir/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/_search", fhir.search, methods=["POST"]),
@@ -56,6 +60,8 @@ def create_api(
         Route("/fhir/{type}/{id}/_history/{vid}", fhir.vread, methods=["GET"]),
         Route("/fhir/{type}", fhir.create, methods=["POST"]),
         Route("/fhir/{type}", fhir.search, methods=["GET"]),
+        Route("/fhir/{type}", fhir.conditional_update, methods=["PUT"]),
+        Route("/fhir/{type}", fhir.conditional_delete, methods=["DELETE"]),
         Route("/fhir/{compartment}/{id}/{type}", fhir.search, methods=["GET"]),
         Route("/fhir/{type}/{id}", fhir.update, methods=["PUT"]),
         Route("/fhir/{type}/{id}", fhir.patch, methods=["PATCH"]),

@@ -29,6 +29,7 @@ from carebridge.fhir.resource import format_instant, parse_instant, parse_json
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.security.policy import Caller
 from carebridge.services.bundles import BundleProcessor
+from carebridge.services.conditional import ConditionalWrites
 from carebridge.services.resources import ResourceService, WriteResult, check_type
 from carebridge.services.search import SearchService, search_bundle
 from carebridge.storage.base import HistoryPage, StoredVersion
@@ -43,6 +44,7 @@ class FhirRoutes:
                  default_count: int = 50, max_count: int = 1000) -> None:
         self.service = service
         self.search_service = SearchService(service, max_count=max_count)
+        self.conditional = ConditionalWrites(service, self.search_service)
         self.max_body_bytes = max_body_bytes
         self.default_count = default_count
         self.max_count = max_count
@@ -125,11 +127,13 @@ class FhirRoutes:
         neg.check_accept(request)
         body = await neg.read_body(request, self.max_body_bytes)
         rtype = request.path_params["type"]
-        if request.headers.get("if-none-exist"):
-            raise NotImplementedYet(
-                "Conditional create (If-None-Exist) needs search, which this server does not"
-                " support yet", ("If-None-Exist",))
-        result = await run_in_threadpool(self.service.create, self.caller(request), rtype, body)
+        criteria = request.headers.get("if-none-exist")
+        if criteria:
+            result = await run_in_threadpool(
+                self.conditional.create, self.caller(request), rtype, body, criteria)
+        else:
+            result = await run_in_threadpool(
+                self.service.create, self.caller(request), rtype, body)
         return self._write_response(request, result)
 
     async def update(self, request: Request) -> Response:
@@ -149,6 +153,34 @@ class FhirRoutes:
             lambda: self.service.patch(self.caller(request), p["type"], p["id"], body,
                                        if_match=neg.if_match(request)))
         return self._write_response(request, result)
+
+    async def conditional_update(self, request: Request) -> Response:
+        """``PUT /fhir/Type?criteria`` (http://hl7.org/fhir/R4/http.html#cond-update)."""
+        neg.check_accept(request)
+        body = await neg.read_body(request, self.max_body_bytes)
+        criteria = self._criteria(request)
+        result = await run_in_threadpool(
+            self.conditional.update, self.caller(request), request.path_params["type"],
+            criteria, body)
+        return self._write_response(request, result)
+
+    async def conditional_delete(self, request: Request) -> Response:
+        """``DELETE /fhir/Type?criteria``: one match is deleted, several answer 412."""
+        neg.check_accept(request)
+        rtype = request.path_params["type"]
+        criteria = self._criteria(request)
+        result = await run_in_threadpool(
+            self.conditional.delete, self.caller(request), rtype, criteria)
+        headers = version_headers(result.version) if result else {}
+        return Response(status_code=204, headers=headers)
+
+    @staticmethod
+    def _criteria(request: Request) -> str:
+        params = [(k, v) for k, v in request.query_params.multi_items()
+                  if k not in ("_format", "_pretty")]
+        if not params:
+            raise BadRequest("A conditional update or delete needs search criteria in the URL")
+        return urlencode(params)
 
     async def delete(self, request: Request) -> Response:
         neg.check_accept(request)

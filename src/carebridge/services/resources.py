@@ -154,7 +154,7 @@ class ResourceService:
         pending.writes.append(Write(new, expected_version, index))
         return new
 
-    def _parse(self, body: bytes | Resource, resource_type: str | None) -> Resource:
+    def parse(self, body: bytes | Resource, resource_type: str | None) -> Resource:
         data = parse_json(body) if isinstance(body, bytes | bytearray) else body
         return check_resource(data, resource_type)
 
@@ -227,7 +227,7 @@ class ResourceService:
 
     def create(self, caller: Caller, resource_type: str, body: bytes | Resource) -> WriteResult:
         check_type(resource_type)
-        resource = self._parse(body, resource_type)
+        resource = self.parse(body, resource_type)
         self.policy.authorize(caller, Action.CREATE, resource_type)
         moment = self.clock()
         return self.run_write(
@@ -254,7 +254,7 @@ class ResourceService:
     ) -> WriteResult:
         check_type(resource_type)
         check_id(resource_id)
-        resource = self._parse(body, resource_type)
+        resource = self.parse(body, resource_type)
         self.policy.authorize(caller, Action.UPDATE, resource_type, resource_id)
         return self.run_write(
             lambda s, p: self.update_in(s, p, resource, resource_id, self.clock(), if_match),
