@@ -303,10 +303,18 @@ def test_capability_statement_tells_the_truth(client: TestClient) -> None:
     assert statement["fhirVersion"] == "4.0.1"
     assert statement["format"] == ["application/fhir+json", "json"]
     rest = statement["rest"][0]
-    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {
+        "transaction", "batch", "search-system", "history-system"}
+    assert len(rest["resource"]) == 146
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     codes = {i["code"] for i in patient["interaction"]}
-    assert "search-type" not in codes  # not implemented, so not claimed
-    assert {"read", "vread", "update", "patch", "delete", "create", "history-instance"} <= codes
-    assert patient["conditionalCreate"] is False
-    assert len(rest["resource"]) == 146
+    assert {"read", "vread", "update", "patch", "delete", "create", "history-instance",
+            "search-type"} <= codes
+    assert patient["conditionalCreate"] is True
+    assert patient["conditionalDelete"] == "single"
+    params = {p["name"]: p["type"] for p in patient["searchParam"]}
+    assert params["birthdate"] == "date" and params["identifier"] == "token"
+    assert "_text" not in params and "_content" not in params  # not searchable: not claimed
+    assert "Observation:subject" in patient["searchRevInclude"]
+    location = next(r for r in rest["resource"] if r["type"] == "Location")
+    assert "near" not in {p["name"] for p in location["searchParam"]}

@@ -1,22 +1,44 @@
 """The CapabilityStatement at ``/fhir/metadata``: what this server really does, no more.
 
-Search is not declared (no ``search-type`` interaction, no ``searchParam``) until it exists;
-conditional interactions are declared unsupported.
+Search parameters are listed per type from the vendored definitions, less those the server
+cannot search (``near``, and the ones without an expression such as ``_text``/``_content``).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from carebridge import __version__
 from carebridge.fhir import registry
 
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance",
-                      "history-type", "create"]
+                      "history-type", "create", "search-type"]
 
 
-def capability_statement(base_url: str, published: str) -> dict[str, Any]:
-    resources = [
+def _search_params(rtype: str) -> list[dict[str, Any]]:
+    found = []
+    for code, sp in sorted(registry.search_parameters_for(rtype).items()):
+        if code == "near" or not sp.get("expression") or sp.get("type") == "special":
+            continue
+        found.append({"name": code, "definition": sp["url"], "type": sp["type"]})
+    return found
+
+
+def _includes(rtype: str) -> list[str]:
+    return [f"{rtype}:{code}" for code, sp in sorted(registry.search_parameters_for(rtype).items())
+            if sp.get("type") == "reference" and sp.get("expression")]
+
+
+@cache
+def _resources() -> tuple[dict[str, Any], ...]:
+    references: dict[str, list[str]] = {}
+    for rtype in registry.resource_types():
+        for code, sp in registry.search_parameters_for(rtype).items():
+            if sp.get("type") == "reference" and sp.get("expression"):
+                for target in sp.get("target") or ():
+                    references.setdefault(target, []).append(f"{rtype}:{code}")
+    return tuple(
         {
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
@@ -24,14 +46,20 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
+            "conditionalCreate": True,
             "conditionalRead": "full-support",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
             "referencePolicy": ["literal", "local"],
+            "searchInclude": ["*", *_includes(rtype)],
+            "searchRevInclude": sorted(references.get(rtype, [])),
+            "searchParam": _search_params(rtype),
         }
         for rtype in sorted(registry.resource_types())
-    ]
+    )
+
+
+def capability_statement(base_url: str, published: str) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -46,12 +74,17 @@ def capability_statement(base_url: str, published: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "documentation": "JSON only. Search is not available yet.",
-                "resource": resources,
+                "documentation": "JSON only.",
+                "resource": list(_resources()),
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},
+                    {"code": "search-system"},
                     {"code": "history-system"},
+                ],
+                "compartment": [
+                    f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}"
+                    for c in ("Patient", "Encounter", "RelatedPerson", "Practitioner", "Device")
                 ],
             }
         ],
