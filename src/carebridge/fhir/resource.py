@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from functools import lru_cache
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +94,7 @@ def now_instant() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@lru_cache(maxsize=64)  # a transaction stamps many versions with the same instant
 def format_instant(moment: datetime) -> str:
     """FHIR ``instant`` with millisecond precision in UTC, e.g. 2026-11-22T10:00:00.123Z."""
     moment = moment.astimezone(UTC)

@@ -95,6 +95,8 @@ def index_rows(resource: dict[str, Any]) -> Rows:
     rtype, rid = resource["resourceType"], resource["id"]
     rows: Rows = {table: [] for table in INDEX_TABLES}
     for code, values in extract(resource).items():
+        if code == "_id":
+            continue  # the resource table's key already answers _id
         key = (rtype, rid, code)
         for value in dict.fromkeys(values):
             if isinstance(value, TokenValue):

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from carebridge.storage.migrations import migrations_for, sql_statements
 from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
 
 
+@lru_cache(maxsize=64)  # a transaction writes many versions with the same instant
 def _ts(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
