@@ -21,6 +21,7 @@ from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, Ve
 from carebridge.storage.migrations import migrations_for, sql_statements
 from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
 
+_COPY_THRESHOLD = 50  # rows; below this executemany costs less than setting up COPY
 _MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
 
 
@@ -102,7 +103,15 @@ class PostgresSession:
                 ],
             )
             for statement, rows in index_statements(writes, "%s"):
-                cur.executemany(statement, rows)
+                if statement.startswith("INSERT INTO ") and len(rows) > _COPY_THRESHOLD:
+                    # COPY moves many rows several times faster than executemany.
+                    table, _, columns = statement[12:].partition(" (")
+                    copy_sql = f"COPY {table} ({columns.split(')')[0]}) FROM STDIN"
+                    with cur.copy(copy_sql.encode()) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                else:
+                    cur.executemany(statement.encode(), rows)
 
     def history(self, query: HistoryQuery) -> HistoryPage:
         page_sql, page_params, total_sql, total_params = history_sql(
