@@ -91,9 +91,10 @@ def test_import_ndjson_puts_resources_with_ids(tmp_path: Path) -> None:
 def test_migrate_reports_schema_version(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite"
     first = runner.invoke(app, ["migrate", "--database", url])
-    assert first.exit_code == 0 and "applied: 0001_resources" in first.output
+    assert first.exit_code == 0
+    assert "applied: 0001_resources, 0002_search_index" in first.output
     again = runner.invoke(app, ["migrate", "--database", url])
-    assert "applied" not in again.output and "schema version 1" in again.output
+    assert "applied" not in again.output and "schema version 2" in again.output
 
 
 def test_database_from_environment(tmp_path: Path) -> None:
