@@ -138,7 +138,9 @@ class PostgresSession:
 
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql.encode(), params).fetchall()
+        # Never prepared: a plan cached while a table was small (say, empty at the start of a
+        # bulk load) would be kept as the table grows; search SQL is planned per execution.
+        return self._conn.execute(sql.encode(), params, prepare=False).fetchall()
 
     def lock(self, key: str) -> None:
         self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
