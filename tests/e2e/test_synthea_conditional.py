@@ -31,24 +31,21 @@ when the folder is absent.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import orjson
-import psycopg
 import pytest
 from tests.conftest import SHARED_DATA
+from tests.e2e.stored import current_resources, references, urn_uuid_strings
 
 from carebridge.storage import open_repository
-from carebridge.storage.sqlite import path_from_url
 from carebridge.testing import ServerProcess, ThrowawayPostgres
 
 CONDITIONAL = SHARED_DATA / "synthea-r4-conditional"
@@ -153,46 +150,7 @@ def loaded(
         yield LoadedServer(request.param, url, batches, transactions, reloads, before, after)
 
 
-def current_resources(database_url: str) -> dict[Key, tuple[int, dict[str, Any]]]:
-    """Every current, not deleted resource straight from the ``resource`` table."""
-    query = "SELECT resource_type, id, version, body FROM resource WHERE NOT deleted"
-    rows: list[Any]
-    if database_url.startswith("sqlite:"):
-        with closing(sqlite3.connect(path_from_url(database_url))) as conn:
-            rows = conn.execute(query).fetchall()
-    else:
-        with psycopg.connect(database_url) as conn:
-            rows = conn.execute(query).fetchall()
-    return {(rtype, rid): (version, orjson.loads(bytes(body))) for rtype, rid, version, body
-            in rows}
-
-
 # ------------------------------------------------------------------------------ helpers
-
-
-def references(node: Any) -> Iterator[str]:
-    """Every ``reference`` string inside a resource (contained resources included)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                yield value
-            elif isinstance(value, dict | list):
-                yield from references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from references(value)
-
-
-def urn_uuid_strings(node: Any) -> Iterator[str]:
-    """Any string value at all that still starts with ``urn:uuid:``."""
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from urn_uuid_strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from urn_uuid_strings(value)
-    elif isinstance(node, str) and node.startswith("urn:uuid:"):
-        yield node
 
 
 def rewritten(node: Any, replacements: dict[str, str]) -> Any:
@@ -356,7 +314,8 @@ def test_counts_per_type_match_the_files(loaded: LoadedServer) -> None:
 
 
 def test_every_reference_resolves(loaded: LoadedServer) -> None:
-    stored = {key: body for key, (_, body) in current_resources(loaded.database_url).items()}
+    stored = {key: orjson.loads(body)
+              for key, (_, body) in current_resources(loaded.database_url).items()}
     dangling: list[str] = []
     conditional_left: list[str] = []
     urns_left: list[str] = []
@@ -395,7 +354,8 @@ def test_stored_resources_are_the_files_with_references_resolved(
     """Each stored resource is the posted one with its ``urn:uuid:`` references replaced by the
     ids of this bundle's entries and each conditional reference by the id of the resource the
     batch load created for those criteria."""
-    stored = {key: body for key, (_, body) in current_resources(loaded.database_url).items()}
+    stored = {key: orjson.loads(body)
+              for key, (_, body) in current_resources(loaded.database_url).items()}
     by_criteria, per_entry = assigned_by_batches(loaded)
     batch_refs = iter(per_entry)
     for posted in loaded.batches:

@@ -23,26 +23,23 @@ in-process ASGI client, so the property is checked on a fresh clone without ``..
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import orjson
-import psycopg
 import pytest
 from starlette.testclient import TestClient
 from tests.conftest import SHARED_DATA
+from tests.e2e.stored import current_resources, references, urn_uuid_strings
 
 from carebridge.demo import load_bundle
 from carebridge.storage import Repository, open_repository
-from carebridge.storage.sqlite import path_from_url
 from carebridge.testing import ServerProcess, ThrowawayPostgres
 
 SYNTHEA = SHARED_DATA / "synthea-r4"
@@ -106,47 +103,9 @@ def check_response(item: Loaded) -> None:
     assert len(set(item.assigned.values())) == len(entries), f"{item.name}: an id was reused"
 
 
-def current_resources(database_url: str) -> dict[Key, tuple[int, bytes]]:
-    """Every current, not deleted resource straight from the ``resource`` table."""
-    query = "SELECT resource_type, id, version, body FROM resource WHERE NOT deleted"
-    rows: list[Any]
-    if database_url.startswith("sqlite:"):
-        with closing(sqlite3.connect(path_from_url(database_url))) as conn:
-            rows = conn.execute(query).fetchall()
-    else:
-        with psycopg.connect(database_url) as conn:
-            rows = conn.execute(query).fetchall()
-    return {(rtype, rid): (version, bytes(body)) for rtype, rid, version, body in rows}
-
-
 def count_stored(repository: Repository) -> Counter[str]:
     with repository.session() as session:
         return Counter(session.count_current())
-
-
-def references(node: Any) -> Iterator[str]:
-    """Every ``reference`` string inside a resource (contained resources included)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                yield value
-            elif isinstance(value, dict | list):
-                yield from references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from references(value)
-
-
-def urn_uuid_strings(node: Any) -> Iterator[str]:
-    """Any string value at all that still starts with ``urn:uuid:``."""
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from urn_uuid_strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from urn_uuid_strings(value)
-    elif isinstance(node, str) and node.startswith("urn:uuid:"):
-        yield node
 
 
 def check_reference_integrity(stored: dict[Key, dict[str, Any]]) -> int:
