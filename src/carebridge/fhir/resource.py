@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from functools import lru_cache
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson

@@ -37,6 +37,20 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _uri_parents(uri: str) -> list[str]:
+    """``uri`` and the URLs above it, path segment by segment, with and without the trailing
+    slash (search.html#uri, ``:above``); a URN has no hierarchy, so only itself."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return [uri]
+    parts = rest.split("/")
+    found = [uri]
+    for n in range(len(parts), 0, -1):
+        head = f"{scheme}://{'/'.join(parts[:n])}".rstrip("/")
+        found += [head, f"{head}/"]
+    return list(dict.fromkeys(found))
+
+
 _SLOT = re.compile("\x00(\\d+)\x00")
 
 
@@ -64,66 +78,71 @@ class Compiler:
         return ", ".join(self.p(v) for v in values)
 
     # ------------------------------------------------------------------ criteria
+    #
+    # ``types`` is the scope of a condition: the resource types searched (never empty; a
+    # system search without _type passes every type). Index subqueries always constrain
+    # ``resource_type`` (one type, or an IN list), the first column of every lookup index.
 
-    def condition(self, rtype: str | None, criterion: Criterion, alias: str = "r") -> str:
+    def condition(self, types: tuple[str, ...], criterion: Criterion, alias: str = "r") -> str:
         """A condition on ``alias`` (a row of ``resource``) for one criterion."""
-        negate = criterion.modifier == "not" or (
-            criterion.modifier == "not-in")
+        negate = criterion.modifier in ("not", "not-in")
         if criterion.modifier == "missing":
-            present = self._present(rtype, criterion)
+            present = self._present(types, criterion)
             want_missing = criterion.values[0].raw == "true"
-            return self._in(alias, rtype, present, negate=want_missing)
+            return self._in(alias, types, present, negate=want_missing)
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
             cond = f"{alias}.id IN ({self.marks(ids)})"
             return f"NOT ({cond})" if negate else cond
-        return self._in(alias, rtype, self.ids(rtype, criterion), negate=negate)
+        return self._in(alias, types, self.ids(types, criterion), negate=negate)
 
-    def _in(self, alias: str, rtype: str | None, subquery: str, *, negate: bool) -> str:
+    def _in(self, alias: str, types: tuple[str, ...], subquery: str, *, negate: bool) -> str:
         op = "NOT IN" if negate else "IN"
-        if rtype is None:
+        if len(types) != 1:
             return f"({alias}.resource_type, {alias}.id) {op} ({subquery})"
         return f"{alias}.id {op} ({subquery})"
 
-    def _scope(self, rtype: str | None, alias: str = "i") -> str:
-        if rtype is None:
-            return "1 = 1"
-        return f"{alias}.resource_type = {self.p(rtype)}"
+    def _scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
+        if len(types) == 1:
+            return f"{column} = {self.p(types[0])}"
+        return f"{column} IN ({self.marks(types)})"
 
-    def _select(self, rtype: str | None, alias: str = "i") -> str:
-        return f"{alias}.id" if rtype is not None else f"{alias}.resource_type, {alias}.id"
+    @staticmethod
+    def _select(types: tuple[str, ...], alias: str = "i") -> str:
+        return f"{alias}.id" if len(types) == 1 else f"{alias}.resource_type, {alias}.id"
 
-    def _present(self, rtype: str | None, criterion: Criterion) -> str:
+    def _present(self, types: tuple[str, ...], criterion: Criterion) -> str:
         table = _TABLE.get(criterion.type, "idx_token")
-        return (f"SELECT {self._select(rtype)} FROM {table} i WHERE {self._scope(rtype)}"
+        return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
                 f" AND i.param = {self.p(criterion.code)}")
 
-    def ids(self, rtype: str | None, criterion: Criterion) -> str:
-        """A subquery selecting the ids (with types when ``rtype`` is None) of resources
-        whose values match the criterion (ignoring ``:not``/``:not-in``, which the caller
-        applies)."""
+    def ids(self, types: tuple[str, ...], criterion: Criterion) -> str:
+        """A subquery selecting the ids (with types when more than one type is searched) of
+        resources whose values match the criterion (ignoring ``:not``/``:not-in``, which the
+        caller applies)."""
         if criterion.has is not None:
-            return self._has(rtype, criterion)
+            return self._has(types, criterion)
         if criterion.code == "_list":
+            # search.html#list: the resources a List refers to in its items
             ids = [v.raw for v in criterion.values]
-            extra = f" AND i.target_type = {self.p(rtype)}" if rtype else ""
-            sel = "i.target_id" if rtype else "i.target_type, i.target_id"
+            sel = "i.target_id" if len(types) == 1 else "i.target_type, i.target_id"
             return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = 'List'"
-                    f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}){extra}")
+                    f" AND i.id IN ({self.marks(ids)}) AND i.param = 'item'"
+                    f" AND {self._scope(types, 'i.target_type')}")
         if criterion.chain is not None:
-            return self._chain(rtype, criterion)
+            return self._chain(types, criterion)
         table = _TABLE[criterion.type]
         ors = [self._value(criterion, v) for v in criterion.values]
-        return (f"SELECT {self._select(rtype)} FROM {table} i WHERE {self._scope(rtype)}"
+        return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
                 f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(ors)})")
 
-    def _chain(self, rtype: str | None, criterion: Criterion) -> str:
+    def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
         assert criterion.chain is not None
         branches = []
         for target in criterion.chain_types:
             inner = self.condition_ids(target, criterion.chain)
             branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN ({inner}))")
-        return (f"SELECT {self._select(rtype)} FROM idx_reference i WHERE {self._scope(rtype)}"
+        return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
                 f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(branches)})")
 
     def condition_ids(self, rtype: str, criterion: Criterion) -> str:
@@ -131,19 +150,19 @@ class Compiler:
         negate = criterion.modifier in ("not", "not-in") or (
             criterion.modifier == "missing" and criterion.values[0].raw == "true")
         if not negate and criterion.modifier != "missing" and criterion.code != "_id":
-            return self.ids(rtype, criterion)
-        cond = self.condition(rtype, criterion, alias="c")
+            return self.ids((rtype,), criterion)
+        cond = self.condition((rtype,), criterion, alias="c")
         return (f"SELECT c.id FROM resource c WHERE c.resource_type = {self.p(rtype)}"
                 f" AND NOT c.deleted AND {cond}")
 
-    def _has(self, rtype: str | None, criterion: Criterion) -> str:
+    def _has(self, types: tuple[str, ...], criterion: Criterion) -> str:
         assert criterion.has is not None
         source, ref_code, inner = criterion.has
         inner_ids = self.condition_ids(source, inner)
-        target = f" AND i.target_type = {self.p(rtype)}" if rtype else ""
-        sel = "i.target_id" if rtype else "i.target_type, i.target_id"
+        sel = "i.target_id" if len(types) == 1 else "i.target_type, i.target_id"
         return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = {self.p(source)}"
-                f" AND i.param = {self.p(ref_code)}{target} AND i.id IN ({inner_ids})")
+                f" AND i.param = {self.p(ref_code)} AND {self._scope(types, 'i.target_type')}"
+                f" AND i.id IN ({inner_ids})")
 
     # ------------------------------------------------------------------ values
 
@@ -210,7 +229,10 @@ class Compiler:
         assert value.start is not None and value.end is not None
         qlo, qhi = micros(value.start), micros(value.end)
         prefix = value.prefix
-        within = f"({low} >= {self.p(qlo)} AND {high} <= {self.p(qhi)})"
+        # The target range lies within the search range; ``low <= qhi`` follows (low <= high)
+        # but makes it a closed range on ``low``, so the index scan stops at the range's end.
+        within = (f"({low} >= {self.p(qlo)} AND {low} <= {self.p(qhi)}"
+                  f" AND {high} <= {self.p(qhi)})")
         if prefix == "eq":
             return within
         if prefix == "ne":
@@ -244,10 +266,15 @@ class Compiler:
             return f"({column} >= {self.p(lo)} AND {column} < {self.p(hi)})"
         if prefix == "ne":
             return f"NOT ({column} >= {self.p(lo)} AND {column} < {self.p(hi)})"
-        if prefix in ("gt", "sa"):
+        if prefix == "gt":
             return f"{column} > {self.p(q)}"
-        if prefix in ("lt", "eb"):
+        if prefix == "lt":
             return f"{column} < {self.p(q)}"
+        # sa/eb: outside the search value's implicit range, above/below it (search.html#prefix)
+        if prefix == "sa":
+            return f"{column} >= {self.p(hi)}"
+        if prefix == "eb":
+            return f"{column} < {self.p(lo)}"
         if prefix == "ge":
             return f"{column} >= {self.p(q)}"
         if prefix == "le":
@@ -263,7 +290,8 @@ class Compiler:
             ):
                 _, low = canonical(value.low, value.code)
                 _, high = canonical(value.high, value.code)
-                lo, hi = sorted((low or number, high or number))
+                lo, hi = sorted((number if low is None else low,
+                                 number if high is None else high))
                 compare = self._ordered(value, "i.canon_value", number, lo, hi)
                 return f"(i.canon_code = {self.p(unit)} AND {compare})"
             system = f" AND i.system = {self.p(value.system)}" if value.system else ""
@@ -283,8 +311,10 @@ class Compiler:
             cond = f"i.url = {self.p(url)}"
             return f"({cond} AND i.version = {self.p(version)})" if version else cond
         parts = raw.split("/")
-        if len(parts) >= 2:
-            return (f"(i.target_type = {self.p(parts[-2] if len(parts) == 2 else parts[0])}"
+        if len(parts) >= 2:  # Type/id, or Type/id/_history/version
+            if modifier is not None and modifier != parts[0]:
+                return "1 = 0"  # subject:Patient=Group/1 can match nothing
+            return (f"(i.target_type = {self.p(parts[0])}"
                     f" AND i.target_id = {self.p(parts[1])})")
         if modifier is not None:  # :Type
             return f"(i.target_type = {self.p(modifier)} AND i.target_id = {self.p(raw)})"
@@ -294,7 +324,7 @@ class Compiler:
         if modifier == "below":
             return f"(i.value >= {self.p(raw)} AND i.value < {self.p(raw + _TOP)})"
         if modifier == "above":
-            return f"substr({self.p(raw)}, 1, length(i.value)) = i.value"
+            return f"i.value IN ({self.marks(_uri_parents(raw))})"
         return f"i.value = {self.p(raw)}"
 
     def _composite(self, value: Value) -> str:

@@ -3,7 +3,7 @@
 The result is a small expression tree: a :class:`SearchQuery` holds AND-ed :class:`Criterion`
 objects; each criterion names a parameter (with its definition), a modifier, an optional chain
 (another criterion on the referenced type) or reverse chain (``_has``), and OR-ed values, each
-parsed for the parameter's type. The SQL generator (``carebridge.search.sql``) compiles it.
+parsed for the parameter's type. The SQL generator (``carebridge.search.compiler``) compiles it.
 
 Unknown or unsupported parameters are collected in ``ignored`` (reported back to the client)
 unless the caller asked for strict handling; malformed values always raise a 400 naming the
@@ -16,10 +16,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from typing import Any
 
 from carebridge.fhir import registry
-from carebridge.fhir.errors import BadRequest, NotImplementedYet
+from carebridge.fhir.errors import BadRequest, FhirError, NotImplementedYet
+from carebridge.search import terminology
 from carebridge.search.values import date_range, implicit_range
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -32,6 +34,7 @@ MODIFIERS = {
     "of-type", "identifier", "iterate",
 }
 _ORDERED_TYPES = ("number", "date", "quantity")
+_SORTABLE = ("string", "token", "date", "number", "quantity", "reference", "uri")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +232,16 @@ def _check_modifier(criterion: Criterion, name: str) -> None:
         "composite": {"missing"}, "special": {"missing"},
     }.get(kind, {"missing"})
     if kind == "reference" and registry.is_resource_type(modifier):
+        if modifier not in (criterion.definition.get("target") or ()):
+            raise BadRequest(f"{criterion.code!r} cannot refer to a {modifier}", (name,))
         return
     if modifier not in allowed:
         raise BadRequest(f"Modifier :{modifier} is not valid on {kind} parameter "
                          f"{criterion.code!r}", (name,))
+    if kind == "reference" and modifier in ("above", "below"):
+        # Hierarchies of references (e.g. Location.partOf) would need recursive queries.
+        raise NotImplementedYet(f"Modifier :{modifier} on reference parameters is not "
+                                "supported", (name,))
 
 
 def _split_or(raw: str) -> list[str]:
@@ -317,10 +326,15 @@ def _token_value(criterion: Criterion, raw: str, name: str) -> Value:
     if criterion.modifier == "text":
         return Value(_unescape(text))
     if criterion.modifier in ("in", "not-in"):
-        return Value(_unescape(text))
+        url = _unescape(text)
+        try:
+            terminology.expand(url)  # cached; fails here so the error names the parameter
+        except FhirError as exc:
+            raise type(exc)(exc.message, (name,)) from None
+        return Value(url)
     if criterion.modifier == "of-type":
         parts = _split_pipe(text)
-        if len(parts) != 3:
+        if len(parts) != 3 or not all(parts):
             raise BadRequest(f"{name} takes type-system|type-code|value", (name,))
         return Value(raw, type_system=parts[0] or None, type_code=parts[1] or None,
                      code=parts[2] or None)
@@ -345,12 +359,17 @@ def _composite_value(criterion: Criterion, raw: str, name: str) -> Value:
     return Value(raw, parts=tuple(parts))
 
 
+@cache
+def _parameters_by_url() -> dict[str, dict[str, Any]]:
+    return {sp["url"]: sp for sp in registry.search_parameters() if "url" in sp}
+
+
 def _component_definition(component: dict[str, Any]) -> dict[str, Any]:
     url = component.get("definition", "")
-    for sp in registry.search_parameters():
-        if sp.get("url") == url:
-            return sp
-    raise BadRequest(f"Composite component {url!r} is not a known SearchParameter")
+    found = _parameters_by_url().get(url)
+    if found is None:
+        raise BadRequest(f"Composite component {url!r} is not a known SearchParameter")
+    return found
 
 
 def _control(query: SearchQuery, name: str, raw: str, max_count: int) -> None:
@@ -362,10 +381,12 @@ def _control(query: SearchQuery, name: str, raw: str, max_count: int) -> None:
         for key in raw.split(","):
             desc = key.startswith("-")
             code = key.lstrip("-")
-            if code not in ("_id", "_lastUpdated"):
-                sp = _definition(query.resource_types, code) if query.resource_types else None
-                if sp is None or sp.get("type") not in ("string", "token", "date", "number",
-                                                        "quantity", "reference", "uri"):
+            if code != "_id":
+                try:
+                    sp = _definition(query.resource_types, code)
+                except _Unknown as exc:
+                    raise BadRequest(f"Cannot sort by {code!r}: {exc}", ("_sort",)) from None
+                if sp.get("type") not in _SORTABLE:
                     raise BadRequest(f"Cannot sort by {code!r}", ("_sort",))
             query.sort.append((code, desc))
     elif name.startswith(("_include", "_revinclude")):
@@ -401,6 +422,9 @@ def _include(query: SearchQuery, name: str, raw: str) -> None:
         raise BadRequest(f"{name}: {parts[1]!r} is not a reference parameter of {parts[0]}",
                          (name,))
     target_type = parts[2] if len(parts) == 3 else None
+    if target_type is not None and target_type not in (sp.get("target") or ()):
+        raise BadRequest(f"{name}: {parts[0]}.{parts[1]} cannot refer to {target_type!r}",
+                         (name,))
     target.append((parts[0], parts[1], target_type, iterate))
 
 

@@ -2,12 +2,16 @@
 
 Paging is by key (the sort keys of the last row seen plus the resource's type and id), so a
 page deep in a result set costs what the first does and stays stable while data is written.
+In the default order the keys are the primary key's columns and the keyset condition is a range
+on that index; sorting by a parameter computes its value once per matching resource (a sort
+costs in proportion to the matches, on every page, as it would with OFFSET paging too).
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +34,6 @@ _KEY_COLUMN = {"date": ("low", "high"), "number": ("value", "value"),
                "token": ("code", "code"), "reference": ("target_id", "target_id"),
                "uri": ("value", "value")}
 _NUMERIC = {"date", "number", "quantity"}
-_TOP = "\U0010ffff"
 MAX_INCLUDES = 1000
 
 
@@ -54,9 +57,13 @@ class SearchResult:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
+    """A sort key: a column of ``resource`` (``plain``, indexed), or a parameter's value for
+    the resource, computed, NULL when it has none (``filler`` stands in for it then)."""
+
     sql: str
-    numeric: bool
     desc: bool
+    plain: bool = False
+    filler: Any = None
 
 
 def _encode_cursor(direction: str, values: list[Any]) -> str:
@@ -124,46 +131,59 @@ class SearchService:
 
     def _filter(self, compiler: Compiler, query: SearchQuery,
                 compartment: tuple[str, str] | None) -> str:
-        types = query.resource_types
+        # A system search without _type covers every type: naming them all keeps the
+        # resource type, the first column of every index, constrained.
+        types = query.resource_types or _every_type()
         conds = ["NOT r.deleted"]
         if len(types) == 1:
             conds.append(f"r.resource_type = {compiler.p(types[0])}")
-            rtype: str | None = types[0]
-        elif types:
+        elif compartment is None:  # else the compartment's subquery names the types
             conds.append(f"r.resource_type IN ({compiler.marks(types)})")
-            rtype = None
-        else:
-            rtype = None
         for criterion in query.criteria:
-            conds.append(compiler.condition(rtype, criterion))
+            conds.append(compiler.condition(types, criterion))
         if compartment is not None:
             conds.append(self._compartment(compiler, types, compartment))
         return " AND ".join(conds)
 
     def _compartment(self, compiler: Compiler, types: tuple[str, ...],
                      compartment: tuple[str, str]) -> str:
+        """Resources in the compartment (http://hl7.org/fhir/R4/compartmentdefinition.html):
+        those whose compartment parameters refer to it, and the compartment resource itself.
+
+        One subquery on ``idx_reference`` driven by the reference's target (its lookup index),
+        not one branch per type: an OR over dozens of types would read the resource table.
+        """
         code, cid = compartment
         definition = registry.compartment_definition(code)
         params = {r["code"]: r.get("param") or [] for r in definition.get("resource", [])}
-        branches = []
-        for rtype in types:
-            codes = [p for p in params.get(rtype, []) if p != "{def}"]
-            if "{def}" in params.get(rtype, []) or rtype == code:
-                branches.append(f"(r.resource_type = {compiler.p(rtype)} AND r.id = "
-                                f"{compiler.p(cid)})")
-            if codes:
-                branches.append(
-                    f"(r.resource_type = {compiler.p(rtype)} AND r.id IN (SELECT i.id FROM "
-                    f"idx_reference i WHERE i.resource_type = {compiler.p(rtype)} AND i.param"
-                    f" IN ({compiler.marks(codes)}) AND i.target_type = {compiler.p(code)}"
-                    f" AND i.target_id = {compiler.p(cid)}))")
-        return "(" + (" OR ".join(branches) or "1 = 0") + ")"
+        pairs = [(rtype, [p for p in params.get(rtype, []) if p != "{def}"]) for rtype in types]
+        pairs = [(rtype, codes) for rtype, codes in pairs if codes]
+        selves = [rtype for rtype in types if rtype == code or "{def}" in params.get(rtype, [])]
+        single = len(types) == 1
+        parts = []
+        if pairs:
+            which = " OR ".join(
+                f"(i.resource_type = {compiler.p(rtype)} AND i.param IN ({compiler.marks(codes)}))"
+                for rtype, codes in pairs)
+            parts.append(
+                f"SELECT {'i.id' if single else 'i.resource_type, i.id'} FROM idx_reference i"
+                f" WHERE i.target_id = {compiler.p(cid)} AND i.target_type = {compiler.p(code)}"
+                f" AND ({which})")
+        if selves:
+            parts.append(f"SELECT {compiler.p(cid)}" if single else
+                         f"SELECT {compiler.p(code)}, {compiler.p(cid)}")
+        if not parts:
+            return "1 = 0"
+        column = "r.id" if single else "(r.resource_type, r.id)"
+        # SQLite drives an IN by index only from a simple SELECT, not from a compound one.
+        return f"{column} IN (SELECT * FROM ({' UNION ALL '.join(parts)}) c)"
 
     def _keys(self, compiler: Compiler, query: SearchQuery) -> list[_Key]:
+        """The sort keys, then the resource's type and id so that the order is total."""
         keys: list[_Key] = []
         for code, desc in query.sort:
             if code == "_id":
-                keys.append(_Key("r.id", False, desc))
+                keys.append(_Key("r.id", desc, plain=True))
                 continue
             sp = registry.search_parameters_for(query.resource_types[0])[code] if (
                 query.resource_types) else registry.search_parameters_for("Patient")[code]
@@ -171,47 +191,100 @@ class SearchService:
             table = _KEY_TABLE[kind]
             column = _KEY_COLUMN[kind][1 if desc else 0]
             agg = "MAX" if desc else "MIN"
-            numeric = kind in _NUMERIC
-            null = (-9.0e18 if desc else 9.0e18) if numeric else ("" if desc else _TOP)
             keys.append(_Key(
-                f"COALESCE((SELECT {agg}(s.{column}) FROM {table} s WHERE s.resource_type ="
-                f" r.resource_type AND s.id = r.id AND s.param = {compiler.p(code)}),"
-                f" {compiler.p(null)})", numeric, desc))
+                f"(SELECT {agg}(s.{column}) FROM {table} s WHERE s.resource_type ="
+                f" r.resource_type AND s.id = r.id AND s.param = {compiler.p(code)})",
+                desc, filler=0 if kind in _NUMERIC else ""))
         if len(query.resource_types) != 1:
-            keys.append(_Key("r.resource_type", False, False))
-        keys.append(_Key("r.id", False, False))
+            keys.append(_Key("r.resource_type", False, plain=True))
+        if not any(k.sql == "r.id" for k in keys):
+            keys.append(_Key("r.id", False, plain=True))
         return keys
 
     def _page(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
               cursor: str | None) -> list[tuple[Any, ...]]:
+        """One page plus one row (that row tells whether there is more), in display order;
+        each row is (type, id, body, key values...), the key values being the cursor."""
         compiler = Compiler(self._dialect_mark())
         keys = self._keys(compiler, query)
-        columns = ", ".join(f"{k.sql} AS k{n}" for n, k in enumerate(keys))
         where = self._filter(compiler, query, compartment)
-        inner = (f"SELECT r.resource_type AS rt, r.id AS rid, r.body AS body, {columns}"
-                 f" FROM resource r WHERE {where}")
-        backwards = False
-        outer_where = ""
-        if cursor is not None:
-            direction, values = _decode_cursor(cursor)
-            if len(values) != len(keys):
-                raise BadRequest("Invalid _cursor for this search", ("_cursor",))
-            backwards = direction == "p"
-            outer_where = " WHERE " + self._keyset(compiler, keys, values, backwards)
-        order = ", ".join(
-            f"k{n} {'DESC' if k.desc != backwards else 'ASC'}" for n, k in enumerate(keys))
         limit = compiler.p(query.count + 1)
-        sql = f"SELECT * FROM ({inner}) t{outer_where} ORDER BY {order} LIMIT {limit}"
+        if all(k.plain for k in keys):
+            # Plain columns: the keyset condition is a range on the primary key index, and
+            # the index gives the order, so a page deep in the results costs what the first
+            # does.
+            names = [k.sql for k in keys]
+            values, backwards = self._cursor(cursor, len(keys))
+            if values is not None:
+                where += " AND " + self._keyset(compiler, keys, names, values, backwards)
+            sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM resource r"
+                   f" WHERE {where} ORDER BY {self._order(keys, names, backwards)}"
+                   f" LIMIT {limit}")
+            rows = session.query(*compiler.finish(sql))
+            return list(reversed(rows)) if backwards else rows
+        # Computed sort keys: computed once per matching resource in a fenced subquery
+        # (OFFSET 0 keeps both planners from inlining it, which would re-run the correlated
+        # subqueries of the keys inside the keyset condition); the bodies are read for the
+        # page's rows only, not carried through the sort. A parameter key becomes two: "has
+        # no value" (0/1, always ascending: such resources come last either way, which
+        # search.html#sort leaves to the server) and the value (or its filler).
+        columns = ", ".join(f"{k.sql} AS v{n}" for n, k in enumerate(keys))
+        fence = "LIMIT -1 OFFSET 0" if self._dialect_mark() == "?" else "OFFSET 0"
+        inner = (f"SELECT r.resource_type AS rt, r.id AS rid, {columns} FROM resource r"
+                 f" WHERE {where} {fence}")
+        derived: list[tuple[_Key, str]] = []
+        for n, key in enumerate(keys):
+            if key.plain:
+                derived.append((_Key(f"k{n}", key.desc), f"t.v{n}"))
+            else:
+                derived.append((_Key(f"m{n}", False),
+                                f"CASE WHEN t.v{n} IS NULL THEN 1 ELSE 0 END"))
+                derived.append((_Key(f"k{n}", key.desc),
+                                f"COALESCE(t.v{n}, {compiler.p(key.filler)})"))
+        dkeys = [k for k, _ in derived]
+        names = [k.sql for k in dkeys]
+        values, backwards = self._cursor(cursor, len(dkeys))
+        keyset = "" if values is None else (
+            " WHERE " + self._keyset(compiler, dkeys, names, values, backwards))
+        projected = ", ".join(f"{expr} AS {k.sql}" for k, expr in derived)
+        sql = (f"SELECT p.rt, p.rid, b.body, {', '.join(f'p.{n}' for n in names)} FROM"
+               f" (SELECT * FROM (SELECT t.rt, t.rid, {projected} FROM ({inner}) t) u{keyset}"
+               f" ORDER BY {self._order(dkeys, names, backwards)} LIMIT {limit}) p"
+               f" JOIN resource b ON b.resource_type = p.rt AND b.id = p.rid"
+               f" ORDER BY {self._order(dkeys, [f'p.{n}' for n in names], backwards)}")
         rows = session.query(*compiler.finish(sql))
         return list(reversed(rows)) if backwards else rows
 
     @staticmethod
-    def _keyset(compiler: Compiler, keys: list[_Key], values: list[Any], backwards: bool) -> str:
+    def _cursor(cursor: str | None, size: int) -> tuple[list[Any] | None, bool]:
+        """The key values of the row a cursor starts after, and whether it pages back."""
+        if cursor is None:
+            return None, False
+        direction, values = _decode_cursor(cursor)
+        if len(values) != size:
+            raise BadRequest("Invalid _cursor for this search", ("_cursor",))
+        return values, direction == "p"
+
+    @staticmethod
+    def _order(keys: list[_Key], names: list[str], backwards: bool) -> str:
+        return ", ".join(f"{name} {'DESC' if key.desc != backwards else 'ASC'}"
+                         for key, name in zip(keys, names, strict=True))
+
+    @staticmethod
+    def _keyset(compiler: Compiler, keys: list[_Key], names: list[str], values: list[Any],
+                backwards: bool) -> str:
+        """Rows after (or, paging back, before) the row whose key values are ``values``."""
+        if len({k.desc for k in keys}) == 1:
+            # One direction: a row-value comparison, which both databases turn into an
+            # index range when the keys are indexed columns.
+            op = ">" if keys[0].desc == backwards else "<"
+            return (f"({', '.join(names)}) {op} ({compiler.marks(values)})" if len(keys) > 1
+                    else f"{names[0]} {op} {compiler.p(values[0])}")
         ors = []
         for n, key in enumerate(keys):
-            ands = [f"k{m} = {compiler.p(values[m])}" for m in range(n)]
+            ands = [f"{names[m]} = {compiler.p(values[m])}" for m in range(n)]
             after = key.desc == backwards  # ascending key, forward: greater
-            ands.append(f"k{n} {'>' if after else '<'} {compiler.p(values[n])}")
+            ands.append(f"{names[n]} {'>' if after else '<'} {compiler.p(values[n])}")
             ors.append("(" + " AND ".join(ands) + ")")
         return "(" + " OR ".join(ors) + ")"
 
@@ -220,18 +293,18 @@ class SearchService:
         result = SearchResult(query)
         want_total = query.total in ("accurate", "estimate") or query.summary == "count" or (
             query.total is None and query.cursor is None)
-        if want_total:
-            compiler = Compiler(self._dialect_mark())
-            where = self._filter(compiler, query, compartment)
-            total_sql = f"SELECT count(*) FROM resource r WHERE {where}"
-            result.total = int(session.query(*compiler.finish(total_sql))[0][0])
         if query.summary == "count" or query.count == 0:
+            result.total = self._count(session, query, compartment)
             return result
         rows = self._page(session, query, compartment, query.cursor)
         backwards = query.cursor is not None and query.cursor.startswith("p")
         more = len(rows) > query.count
         if more:
             rows = rows[1:] if backwards else rows[:-1]
+        if want_total:
+            # A first page that holds every match is its own count.
+            whole = query.cursor is None and not more
+            result.total = len(rows) if whole else self._count(session, query, compartment)
         result.matches = [Match(row[0], row[1], bytes(row[2])) for row in rows]
         if rows:
             first, last = list(rows[0][3:]), list(rows[-1][3:])
@@ -241,6 +314,13 @@ class SearchService:
                 result.previous_cursor = _encode_cursor("p", first)
         result.included = self._includes(session, query, result.matches)
         return result
+
+    def _count(self, session: Session, query: SearchQuery,
+               compartment: tuple[str, str] | None) -> int:
+        compiler = Compiler(self._dialect_mark())
+        where = self._filter(compiler, query, compartment)
+        return int(session.query(*compiler.finish(
+            f"SELECT count(*) FROM resource r WHERE {where}"))[0][0])
 
     # ---------------------------------------------------------------- includes
 
@@ -322,6 +402,11 @@ class SearchService:
             "SELECT r.resource_type, r.id, r.body FROM resource r WHERE NOT r.deleted AND ("
             + self._pairs(compiler, fake, "r.resource_type", "r.id") + ")"))
         return [Match(r[0], r[1], bytes(r[2]), "include") for r in rows]
+
+
+@cache
+def _every_type() -> tuple[str, ...]:
+    return tuple(sorted(registry.resource_types()))
 
 
 def _compartment_types(code: str) -> tuple[str, ...]:
