@@ -1271,3 +1271,26 @@ def test_deleted_resources_never_match(client: TestClient) -> None:
     # a resource created again after deletion is found again
     assert client.put("/fhir/Patient/d1", json=patient).status_code == 201
     assert found(client, "Patient?family=gone") == {"d1"}
+
+
+def test_absolute_reference_to_this_server_matches_relative(client: TestClient) -> None:
+    client.put("/fhir/Patient/abs1", json={"resourceType": "Patient", "id": "abs1"})
+    client.put("/fhir/Observation/abs-o", json={
+        "resourceType": "Observation", "id": "abs-o", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/abs1"}})
+    base = "http://testserver/fhir"
+    found = client.get(f"/fhir/Observation?subject={base}/Patient/abs1").json()
+    assert [e["resource"]["id"] for e in found["entry"]] == ["abs-o"]
+
+
+def test_quantity_in_another_unit_system_is_not_converted(client: TestClient) -> None:
+    client.put("/fhir/Observation/q-other", json={
+        "resourceType": "Observation", "id": "q-other", "status": "final",
+        "code": {"text": "dose"},
+        "valueQuantity": {"value": 5.4, "system": "http://example.org/units", "code": "mg"}})
+    ucum = client.get(
+        "/fhir/Observation?value-quantity=5.4|http://unitsofmeasure.org|mg&_id=q-other").json()
+    assert ucum.get("entry", []) == []
+    own = client.get(
+        "/fhir/Observation?value-quantity=5.4|http://example.org/units|mg&_id=q-other").json()
+    assert [e["resource"]["id"] for e in own["entry"]] == ["q-other"]

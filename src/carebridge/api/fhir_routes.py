@@ -207,7 +207,9 @@ class FhirRoutes:
                     "POST _search takes application/x-www-form-urlencoded parameters")
             body = await neg.read_body_raw(request, self.max_body_bytes)
             params += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-        params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+        # A reference to this server written absolutely is the same as the relative one.
+        own = self.base_url(request) + "/"
+        params = [(k, v.replace(own, "")) for k, v in params if k not in ("_format", "_pretty")]
         compartment = None
         rtype: str | None = p.get("type")
         if "compartment" in p:

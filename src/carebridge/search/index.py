@@ -31,6 +31,7 @@ from carebridge.search.values import (
 from carebridge.storage.sql import INDEX_TABLES, Rows
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UCUM = "http://unitsofmeasure.org"
 _MICRO = timedelta(microseconds=1)
 
 
@@ -55,6 +56,13 @@ def canonical(value: Decimal | float | None, code: str | None) -> tuple[str | No
     if converted is None:
         return None, None
     return converted[1], converted[0]
+
+
+def _ucum(value: QuantityValue) -> tuple[str | None, float | None]:
+    """Canonical form for UCUM quantities (or ones without a system); others have none."""
+    if value.system not in (None, UCUM):
+        return None, None
+    return canonical(value.value, value.code)
 
 
 def _token_row(value: TokenValue) -> tuple[Any, ...]:
@@ -114,7 +122,7 @@ def index_rows(resource: dict[str, Any]) -> Rows:
             elif isinstance(value, QuantityValue):
                 rows["idx_quantity"].append((
                     *key, value.system, value.code, _float(value.value), _float(value.low),
-                    _float(value.high), *canonical(value.value, value.code),
+                    _float(value.high), *_ucum(value),
                 ))
             elif isinstance(value, NumberValue):
                 rows["idx_number"].append(
