@@ -17,9 +17,9 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
+from carebridge.storage.base import StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
-from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
+from carebridge.storage.sql import VERSION_COLUMNS, SqlSession, index_statements
 
 _COPY_THRESHOLD = 50  # rows; below this executemany costs less than setting up COPY
 _MIGRATION_LOCK = 0x0CA4EB41D6E  # arbitrary constant: "carebridge migrations"
@@ -31,7 +31,15 @@ def _version(row: Any) -> StoredVersion:
     return StoredVersion(rtype, rid, version, updated.astimezone(UTC), method, body)
 
 
-class PostgresSession:
+class PostgresSession(SqlSession):
+    mark = "%s"
+
+    def _instant(self, moment: datetime) -> Any:
+        return moment
+
+    def _version(self, row: Sequence[Any]) -> StoredVersion:
+        return _version(row)
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
@@ -112,30 +120,6 @@ class PostgresSession:
                             copy.write_row(row)
                 else:
                     cur.executemany(statement.encode(), rows)
-
-    def history(self, query: HistoryQuery) -> HistoryPage:
-        page_sql, page_params, total_sql, total_params = history_sql(
-            query, "%s", query.since
-        )
-        rows = self._conn.execute(page_sql, page_params).fetchall()
-        entries = [(int(row[0]), _version(row[1:])) for row in rows]
-        if query.after_seq is not None:
-            entries.reverse()
-        total = None
-        if total_sql is not None:
-            one = self._conn.execute(total_sql, total_params).fetchone()
-            total = int(one[0]) if one else 0
-        return HistoryPage(entries, total)
-
-    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
-        sql = "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
-        params: tuple[str, ...] = ()
-        if resource_type is not None:
-            sql += " AND resource_type = %s"
-            params = (resource_type,)
-        rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
-        return {row[0]: int(row[1]) for row in rows}
-
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         # Never prepared: a plan cached while a table was small (say, empty at the start of a

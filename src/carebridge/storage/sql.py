@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from carebridge.storage.base import HistoryQuery, Write
+from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, Write
 
 VERSION_COLUMNS = "resource_type, id, version, last_updated, method, body"
 
@@ -87,3 +89,41 @@ def index_statements(writes: Sequence[Write], mark: str) -> list[tuple[str, list
             collected.setdefault(table, []).extend(rows)
     statements.extend((index_insert_sql(table, mark), rows) for table, rows in collected.items())
     return statements
+
+
+class SqlSession(ABC):
+    """History and counts, written once for both dialects; a backend gives the parameter
+    mark, how it passes an instant, how a row becomes a version, and how it runs SQL."""
+
+    mark: str
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def _instant(self, moment: datetime) -> Any: ...
+
+    @abstractmethod
+    def _version(self, row: Sequence[Any]) -> StoredVersion: ...
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        since = self._instant(query.since) if query.since is not None else None
+        page_sql, page_params, total_sql, total_params = history_sql(query, self.mark, since)
+        rows = self.query(page_sql, page_params)
+        entries = [(int(row[0]), self._version(row[1:])) for row in rows]
+        if query.after_seq is not None:
+            entries.reverse()
+        total = None
+        if total_sql is not None:
+            found = self.query(total_sql, total_params)
+            total = int(found[0][0]) if found else 0
+        return HistoryPage(entries, total)
+
+    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
+        sql = "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
+        params: tuple[str, ...] = ()
+        if resource_type is not None:
+            sql += f" AND resource_type = {self.mark}"
+            params = (resource_type,)
+        rows = self.query(sql + " GROUP BY resource_type", params)
+        return {row[0]: int(row[1]) for row in rows}

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, VersionConflict, Write
+from carebridge.storage.base import StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
-from carebridge.storage.sql import VERSION_COLUMNS, history_sql, index_statements
+from carebridge.storage.sql import VERSION_COLUMNS, SqlSession, index_statements
 
 
 @lru_cache(maxsize=64)  # a transaction writes many versions with the same instant
@@ -49,7 +49,15 @@ def path_from_url(url: str) -> str:
     return path
 
 
-class SqliteSession:
+class SqliteSession(SqlSession):
+    mark = "?"
+
+    def _instant(self, moment: datetime) -> Any:
+        return _ts(moment)
+
+    def _version(self, row: Sequence[Any]) -> StoredVersion:
+        return _version(row)
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
@@ -122,30 +130,6 @@ class SqliteSession:
                 return v
             seen.add((v.resource_type, v.id))
         return inserts[0]
-
-    def history(self, query: HistoryQuery) -> HistoryPage:
-        page_sql, page_params, total_sql, total_params = history_sql(
-            query, "?", _ts(query.since) if query.since else None
-        )
-        rows = self._conn.execute(page_sql, page_params).fetchall()
-        entries = [(row[0], _version(row[1:])) for row in rows]
-        if query.after_seq is not None:
-            entries.reverse()
-        total = None
-        if total_sql is not None:
-            one = self._conn.execute(total_sql, total_params).fetchone()
-            total = int(one[0]) if one else 0
-        return HistoryPage(entries, total)
-
-    def count_current(self, resource_type: str | None = None) -> dict[str, int]:
-        sql = "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
-        params: tuple[str, ...] = ()
-        if resource_type is not None:
-            sql += " AND resource_type = ?"
-            params = (resource_type,)
-        rows = self._conn.execute(sql + " GROUP BY resource_type", params).fetchall()
-        return {row[0]: row[1] for row in rows}
-
 
     def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
