@@ -404,7 +404,7 @@ class BundleProcessor:
 
         params = parse_qsl(entry.criteria or "", keep_blank_values=True)
         query = parse_query(entry.resource_type, params)
-        result = self.search._run(session, query, None)
+        result = self.search.run(session, query, None)
         path = f"{self.base_url}/{entry.resource_type}"
         return Outcome("200 OK", resource=search_bundle(result, self.base_url, path))
 

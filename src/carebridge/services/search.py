@@ -108,7 +108,7 @@ class SearchService:
         for rtype in query.resource_types or (None,):
             self.resources.policy.authorize(caller, Action.SEARCH, rtype)
         with self.resources.repository.session() as session:
-            return self._run(session, query, compartment)
+            return self.run(session, query, compartment)
 
     def match_ids(self, session: Session, resource_type: str, criteria: str,
                   limit: int = 2) -> list[str]:
@@ -288,7 +288,7 @@ class SearchService:
             ors.append("(" + " AND ".join(ands) + ")")
         return "(" + " OR ".join(ors) + ")"
 
-    def _run(self, session: Session, query: SearchQuery,
+    def run(self, session: Session, query: SearchQuery,
              compartment: tuple[str, str] | None) -> SearchResult:
         result = SearchResult(query)
         want_total = query.total in ("accurate", "estimate") or query.summary == "count" or (
