@@ -70,6 +70,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
+@pytest.fixture(scope="module", params=_BACKENDS)
+def module_database_url(request: pytest.FixtureRequest,
+                        tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Like ``database_url``, but one database per test module (for costly fixture data)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db')}/carebridge.db"
+    server: ThrowawayPostgres = request.getfixturevalue("postgres_server")
+    return server.create_database(f"m_{uuid.uuid4().hex[:16]}")
+
+
+def backend_of(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite:") else "postgresql"
+
+
 @pytest.fixture
 def repository(database_url: str) -> Iterator[Repository]:
     repo = open_repository(database_url)

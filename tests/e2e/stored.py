@@ -50,3 +50,24 @@ def urn_uuid_strings(node: Any) -> Iterator[str]:
             yield from urn_uuid_strings(value)
     elif isinstance(node, str) and node.startswith("urn:uuid:"):
         yield node
+
+
+def rewritten(node: Any, assigned: dict[str, str]) -> Any:
+    """What the server should store: ``node`` with each fullUrl reference replaced."""
+    if isinstance(node, dict):
+        return {k: rewritten(v, assigned) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rewritten(v, assigned) for v in node]
+    if isinstance(node, str):
+        return assigned.get(node, node)
+    return node
+
+
+def without_server_fields(resource: dict[str, Any]) -> dict[str, Any]:
+    out = dict(resource)
+    out.pop("id", None)
+    meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
+    return out

@@ -20,20 +20,12 @@ import requests
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
 
-from carebridge.testing import ServerProcess, ThrowawayPostgres
+from carebridge.testing import ServerProcess
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('fhirpy')}/carebridge.db"
-    else:
-        postgres: ThrowawayPostgres = request.getfixturevalue("postgres_server")
-        url = postgres.create_database(f"fhirpy_{uuid.uuid4().hex[:16]}")
+@pytest.fixture(scope="module")
+def server(module_database_url: str) -> Iterator[ServerProcess]:
+    url = module_database_url
     with ServerProcess(url) as process:
         yield process
 

@@ -19,7 +19,6 @@ Every test only reads, so each asserts the exact ids it expects from the data se
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -32,7 +31,7 @@ from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, ResourceNotFound
 from fhirpy.base.searchset import Raw
 
-from carebridge.testing import ServerProcess, ThrowawayPostgres
+from carebridge.testing import ServerProcess
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -45,17 +44,9 @@ N_OBSERVATIONS = 21
 # ------------------------------------------------------------------------------ server, client
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('fhirpy_search')}/carebridge.db"
-    else:
-        postgres: ThrowawayPostgres = request.getfixturevalue("postgres_server")
-        url = postgres.create_database(f"fhirpy_search_{uuid.uuid4().hex[:16]}")
+@pytest.fixture(scope="module")
+def server(module_database_url: str) -> Iterator[ServerProcess]:
+    url = module_database_url
     with ServerProcess(url) as process:
         yield process
 

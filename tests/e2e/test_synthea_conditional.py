@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,11 +41,17 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
-from tests.conftest import SHARED_DATA
-from tests.e2e.stored import current_resources, references, urn_uuid_strings
+from tests.conftest import SHARED_DATA, backend_of
+from tests.e2e.stored import (
+    current_resources,
+    references,
+    rewritten,
+    urn_uuid_strings,
+    without_server_fields,
+)
 
 from carebridge.storage import open_repository
-from carebridge.testing import ServerProcess, ThrowawayPostgres
+from carebridge.testing import ServerProcess
 
 CONDITIONAL = SHARED_DATA / "synthea-r4-conditional"
 BATCH_FILES = ("hospitalInformation.json", "practitionerInformation.json")
@@ -122,17 +127,9 @@ def with_if_none_exist(bundle: dict[str, Any]) -> dict[str, Any]:
     return {**bundle, "entry": entries}
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def loaded(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LoadedServer]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('synthea_conditional')}/carebridge.db"
-    else:
-        postgres: ThrowawayPostgres = request.getfixturevalue("postgres_server")
-        url = postgres.create_database(f"synthea_cond_{uuid.uuid4().hex[:16]}")
+@pytest.fixture(scope="module")
+def loaded(module_database_url: str) -> Iterator[LoadedServer]:
+    url = module_database_url
     batch_bundles = {name: orjson.loads((CONDITIONAL / name).read_bytes())
                      for name in BATCH_FILES}
     with (
@@ -147,31 +144,10 @@ def loaded(
         reloads = [post(http, server.base_url, name, with_if_none_exist(bundle))
                    for name, bundle in batch_bundles.items()]
         after = count_stored(url)
-        yield LoadedServer(request.param, url, batches, transactions, reloads, before, after)
+        yield LoadedServer(backend_of(url), url, batches, transactions, reloads, before, after)
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def rewritten(node: Any, replacements: dict[str, str]) -> Any:
-    """``node`` with every string found in ``replacements`` replaced."""
-    if isinstance(node, dict):
-        return {k: rewritten(v, replacements) for k, v in node.items()}
-    if isinstance(node, list):
-        return [rewritten(v, replacements) for v in node]
-    if isinstance(node, str):
-        return replacements.get(node, node)
-    return node
-
-
-def without_server_fields(resource: dict[str, Any]) -> dict[str, Any]:
-    out = dict(resource)
-    out.pop("id", None)
-    meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
-            if k not in ("versionId", "lastUpdated")}
-    if meta:
-        out["meta"] = meta
-    return out
 
 
 def location_of(entry_response: dict[str, Any], where: str) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,11 +35,17 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 from tests.conftest import SHARED_DATA
-from tests.e2e.stored import current_resources, references, urn_uuid_strings
+from tests.e2e.stored import (
+    current_resources,
+    references,
+    rewritten,
+    urn_uuid_strings,
+    without_server_fields,
+)
 
 from carebridge.demo import load_bundle
 from carebridge.storage import Repository, open_repository
-from carebridge.testing import ServerProcess, ThrowawayPostgres
+from carebridge.testing import ServerProcess
 
 SYNTHEA = SHARED_DATA / "synthea-r4"
 LOAD_FIRST = ("hospitalInformation", "practitionerInformation")
@@ -131,27 +136,6 @@ def check_reference_integrity(stored: dict[Key, dict[str, Any]]) -> int:
     return checked
 
 
-def rewritten(node: Any, assigned: dict[str, str]) -> Any:
-    """What the server should store: ``node`` with each fullUrl reference replaced."""
-    if isinstance(node, dict):
-        return {k: rewritten(v, assigned) for k, v in node.items()}
-    if isinstance(node, list):
-        return [rewritten(v, assigned) for v in node]
-    if isinstance(node, str):
-        return assigned.get(node, node)
-    return node
-
-
-def without_server_fields(resource: dict[str, Any]) -> dict[str, Any]:
-    out = dict(resource)
-    out.pop("id", None)
-    meta = {k: v for k, v in (out.pop("meta", None) or {}).items()
-            if k not in ("versionId", "lastUpdated")}
-    if meta:
-        out["meta"] = meta
-    return out
-
-
 def check_stored_content(item: Loaded, stored: dict[Key, dict[str, Any]]) -> None:
     """Each stored resource is the posted one, its references rewritten to the new ids."""
     for index, entry in enumerate(item.bundle["entry"]):
@@ -233,18 +217,10 @@ class LoadedServer:
     seconds: float
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def synthea_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LoadedServer]:
+@pytest.fixture(scope="module")
+def synthea_server(module_database_url: str) -> Iterator[LoadedServer]:
     """A real server process with all of synthea-r4 posted to it over HTTP."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('synthea')}/carebridge.db"
-    else:
-        postgres: ThrowawayPostgres = request.getfixturevalue("postgres_server")
-        url = postgres.create_database(f"synthea_{uuid.uuid4().hex[:16]}")
+    url = module_database_url
     loaded = []
     with (
         ServerProcess(url) as server,

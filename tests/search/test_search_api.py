@@ -15,7 +15,6 @@ quantities compare the stored value with the search value's implicit range (sear
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +27,6 @@ from starlette.testclient import TestClient
 from carebridge.api import create_api
 from carebridge.services import ResourceService
 from carebridge.storage import open_repository
-from carebridge.testing import ThrowawayPostgres
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -286,17 +284,10 @@ def _load(client: TestClient, clock: Clock) -> None:
     assert client.delete("/fhir/Patient/p6").status_code == 204
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def fhir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[TestClient]:
+@pytest.fixture(scope="module")
+def fhir(module_database_url: str) -> Iterator[TestClient]:
     """A client over a server holding the fixture set, one per backend for the module."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('search')}/carebridge.db"
-    else:
-        server: ThrowawayPostgres = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"t_{uuid.uuid4().hex[:16]}")
-    repository = open_repository(url)
+    repository = open_repository(module_database_url)
     clock = Clock()
     service = ResourceService(repository, clock=clock)
     try:
