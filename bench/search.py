@@ -81,7 +81,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from carebridge.testing import ThrowawayPostgres, find_postgres_binaries
+from carebridge.testing import ServerProcess, ThrowawayPostgres, find_postgres_binaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "synthea-r4"
@@ -520,7 +520,7 @@ def _pg_bytes(pg: ThrowawayPostgres, name: str) -> int:
 FHIR_JSON = "application/fhir+json"
 
 
-def serve(database_url: str, port: int, no_index: bool) -> None:
+def serve(database_url: str, host: str, port: int, no_index: bool) -> None:
     """Entry point of the ``--serve`` process: ``carebridge serve``, optionally with search
     index extraction switched off (``index_rows`` returns no rows), for the ingest A/B."""
     if no_index:
@@ -530,62 +530,7 @@ def serve(database_url: str, port: int, no_index: bool) -> None:
     from carebridge.cli import _serve
     from carebridge.config import Settings
 
-    _serve(Settings(database_url=database_url, host="127.0.0.1", port=port))
-
-
-class LaunchedServer:
-    """This file's ``--serve`` in its own process (the same uvicorn call as the CLI)."""
-
-    def __init__(self, database_url: str, *, no_index: bool) -> None:
-        self.database_url = database_url
-        self.no_index = no_index
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in __exit__
-            prefix="carebridge-search-bench-", suffix=".log")
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
-
-    def __enter__(self) -> LaunchedServer:
-        import urllib.error
-        import urllib.request
-
-        from carebridge.testing import free_port
-
-        self.port = free_port()
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve", self.database_url,
-                   "--port", str(self.port)] + (["--no-index"] if self.no_index else [])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBRIDGE_")}
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"the server exited at startup:\n{self._output()}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/metadata", timeout=2) as reply:
-                    if reply.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.05)
-        self.__exit__(None, None, None)
-        raise BenchError("the server did not answer in time")
-
-    def _output(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")[-3000:]
-
-    def __exit__(self, *exc_info: object) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._log.close()
+    _serve(Settings(database_url=database_url, host=host, port=port))
 
 
 # --------------------------------------------------------------------------- ingest A/B
@@ -688,7 +633,10 @@ def measure_ingest_cost(backend: str, files: Sequence[Path], rounds: int,
                     url = pg.create_database(name)
                 else:
                     url = f"sqlite:///{workdir / (name + '.db')}"
-                with LaunchedServer(url, no_index=no_index) as server:
+                with ServerProcess(
+                    url, program=(sys.executable, str(Path(__file__).resolve()), "--serve"),
+                    extra_args=("--no-index",) if no_index else (),
+                ) as server:
                     seconds = _post_bundles(server.base_url, raws)
                 (off if no_index else on).append(seconds)
                 if pg is not None:
@@ -1972,8 +1920,6 @@ def print_plans(db: Db, timings: Sequence[Timing], slowest: int) -> dict[str, An
 
 def run_backend(backend: str, args: argparse.Namespace, files: Sequence[Path],
                 workdir: Path) -> dict[str, Any]:
-    from carebridge.testing import ServerProcess
-
     out: dict[str, Any] = {"backend": backend}
     print(f"\n== {backend} ==", flush=True)
 
@@ -2147,7 +2093,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                         help="folder of Synthea bundles (default ../shared/data/synthea-r4)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
-    parser.add_argument("--serve", metavar="DATABASE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-index", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -2156,8 +2104,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                               ("ingest_rounds", 3, 2)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
-    if args.serve is not None and args.port is None:
-        parser.error("--serve needs --port")
+    if args.serve and (args.port is None or args.database is None):
+        parser.error("--serve needs --database and --port")
     if min(args.size, args.reps, args.pop_reps, args.page_reps, args.depth,
            args.ingest_rounds) < 1:
         parser.error("sizes and counts must be at least 1")
@@ -2166,8 +2114,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve is not None:
-        serve(args.serve, args.port, args.no_index)
+    if args.serve:
+        serve(args.database, args.host, args.port, args.no_index)
         return 0
     print(f"rerun: {_command_line()}")
     print(f"source: {_git_describe()}")

@@ -23,9 +23,12 @@ class ServerProcess:
     """``with ServerProcess("sqlite:///x.db") as server: server.base_url`` -> .../fhir"""
 
     def __init__(self, database_url: str, *, extra_args: tuple[str, ...] = (),
-                 start_timeout: float = 60.0) -> None:
+                 program: tuple[str, ...] | None = None, start_timeout: float = 60.0) -> None:
+        """``program`` replaces ``python -m carebridge serve`` (it must take the same
+        ``--database``, ``--host`` and ``--port`` options), e.g. a benchmark's own variant."""
         self.database_url = database_url
         self.extra_args = extra_args
+        self.program = program or (sys.executable, "-m", "carebridge", "serve")
         self.start_timeout = start_timeout
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,7 +47,7 @@ class ServerProcess:
 
     def start(self) -> Self:
         self.port = free_port()
-        command = [sys.executable, "-m", "carebridge", "serve", "--database", self.database_url,
+        command = [*self.program, "--database", self.database_url,
                    "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBRIDGE_")}
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
