@@ -1,0 +1,1 @@
+-- HL7 v2 ingest: message archive (every message and its ACK) and the error queue for replay.

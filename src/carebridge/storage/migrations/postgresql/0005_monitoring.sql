@@ -1,0 +1,1 @@
+-- Remote monitoring: device fleet health, readings dedup, rule state, durable delivery queue.

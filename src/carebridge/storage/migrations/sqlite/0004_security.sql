@@ -1,0 +1,1 @@
+-- Security: users, OAuth clients, tokens and codes, signing keys, the audit ledger, data keys.

@@ -1,0 +1,1 @@
+-- Search performance: covering indexes and planner statistics.
