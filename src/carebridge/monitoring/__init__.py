@@ -1,0 +1,1 @@
+"""Remote patient monitoring: NEWS2, rules, alerts, device fleet health."""
