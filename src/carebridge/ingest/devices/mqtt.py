@@ -1,0 +1,154 @@
+"""MQTT ingest worker (paho-mqtt, MQTT 5, QoS 1).
+
+Topics (``{deviceId}`` is the Device's FHIR id)::
+
+    carebridge/devices/{deviceId}/observations   an Observation, a Bundle of them, or compact JSON
+    carebridge/devices/{deviceId}/heartbeat      {"battery": 80, "signal": -70} (both optional)
+    carebridge/devices/{deviceId}/rejections     published by us: why a message was refused
+
+Workers subscribe through the shared subscription ``$share/carebridge/...`` so the broker
+spreads messages over all of them. The PUBACK of a message is sent (paho ``manual_ack``) only
+after the gateway's commit that stored its readings; a worker that dies before that leaves
+the message unacknowledged and the broker delivers it again, which the gateway's durable
+dedup makes harmless. A refused message is acknowledged (sending it again cannot help) and
+its reason published on the rejections topic, with the original payload.
+
+The device credential travels as an MQTT 5 user property ``authorization: Bearer <secret>``
+or, for the compact form, as a ``"secret"`` member of the (first) reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from carebridge.fhir.errors import FhirError
+from carebridge.ingest.devices.gateway import DeviceGateway, IngestResult, PreparedReadings
+
+log = logging.getLogger(__name__)
+
+GROUP = "carebridge"
+OBSERVATIONS = "carebridge/devices/+/observations"
+HEARTBEAT = "carebridge/devices/+/heartbeat"
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"expected mqtt://host:port, got {url!r}")
+    return parts.hostname, parts.port or 1883
+
+
+def credential(message: mqtt.MQTTMessage, data: Any) -> str | None:
+    props = getattr(message, "properties", None)
+    for name, value in getattr(props, "UserProperty", None) or []:
+        if name.lower() == "authorization" and value.lower().startswith("bearer "):
+            return str(value[7:].strip())
+    first = data[0] if isinstance(data, list) and data else data
+    if isinstance(first, dict) and isinstance(first.get("secret"), str):
+        return str(first["secret"])
+    return None
+
+
+class MqttIngest:
+    def __init__(self, gateway: DeviceGateway, url: str, *, client_id: str,
+                 group: str = GROUP) -> None:
+        self.gateway = gateway
+        self.host, self.port = broker_address(url)
+        self.group = group
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.received = 0
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 300  # unacknowledged messages survive a reconnect
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False,
+                            properties=props)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        client.subscribe([(f"$share/{self.group}/{OBSERVATIONS}", 1),
+                          (f"$share/{self.group}/{HEARTBEAT}", 1)])
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        parts = message.topic.split("/")
+        if len(parts) != 4 or parts[:2] != ["carebridge", "devices"]:
+            client.ack(message.mid, message.qos)
+            return
+        device_id, kind = parts[2], parts[3]
+        try:
+            try:
+                data = orjson.loads(message.payload)
+            except orjson.JSONDecodeError as exc:
+                raise FhirError(f"The message is not valid JSON: {exc}") from None
+            secret = credential(message, data)
+            if kind == "heartbeat":
+                prepared = self._heartbeat(device_id, data, secret)
+            else:
+                prepared = self.gateway.prepare(device_id, data, secret)
+        except FhirError as exc:
+            self._reject(device_id, message, exc)
+            client.ack(message.mid, message.qos)
+            return
+        self._submit(prepared, message)
+
+    def _heartbeat(self, device_id: str, data: Any, secret: str | None) -> PreparedReadings:
+        if self.gateway.require_credentials and not self.gateway.credentials.verify(
+                device_id, secret):
+            from carebridge.fhir.errors import Unauthorized
+
+            raise Unauthorized(f"Bad or missing credential for Device/{device_id}")
+        self.gateway.binding(device_id)
+        data = data if isinstance(data, dict) else {}
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        return PreparedReadings(device_id, [], number("battery"), number("signal"))
+
+    def _submit(self, prepared: PreparedReadings, message: mqtt.MQTTMessage) -> None:
+        future = self.gateway.submit(prepared)
+
+        def done(result: Future[IngestResult]) -> None:
+            error = result.exception()
+            if error is None:
+                self.client.ack(message.mid, message.qos)  # after the commit
+            elif isinstance(error, FhirError):
+                self._reject(prepared.device_id, message, error)
+                self.client.ack(message.mid, message.qos)
+            else:  # storage trouble: keep it unacknowledged and try again shortly
+                log.warning("storing readings of Device/%s failed (%s); retrying",
+                            prepared.device_id, error)
+                threading.Timer(1.0, self._submit, (prepared, message)).start()
+
+        future.add_done_callback(done)
+
+    def _reject(self, device_id: str, message: mqtt.MQTTMessage, error: FhirError) -> None:
+        report = {"topic": message.topic, "status": error.status, "outcome": error.outcome(),
+                  "payload": message.payload.decode("utf-8", "replace"),
+                  "at": time.time()}
+        self.client.publish(f"carebridge/devices/{device_id}/rejections", orjson.dumps(report),
+                            qos=1)

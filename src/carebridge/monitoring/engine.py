@@ -1,0 +1,285 @@
+"""The monitoring engine: reacts to every committed write, from any way in.
+
+It claims rows of the transactional outbox (:mod:`carebridge.events.outbox`) and, in the
+same write transaction that deletes them: projects vital-sign Observations into readings,
+recomputes NEWS2 for each patient with new scored readings and stores it, evaluates the
+patient's personal rules, opens or escalates alerts, and queues Subscription notifications.
+So a trigger is decided exactly once per committed write, and a crash before the commit
+leaves the outbox rows for the next run. A periodic sweep marks silent devices offline
+(alerting for monitored patients) and evaluates no-data rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+
+from carebridge.events.bus import ResourceChanged
+from carebridge.events.outbox import claim
+from carebridge.events.sqltext import insert_many, run
+from carebridge.fhir.resource import Resource, new_id
+from carebridge.monitoring import alerts, fleet
+from carebridge.monitoring.alerts import AlertCondition
+from carebridge.monitoring.codes import from_text, instant_text
+from carebridge.monitoring.news2 import Risk
+from carebridge.monitoring.rules import (
+    Reading,
+    Rule,
+    RuleError,
+    no_data,
+    rule_from_basic,
+    threshold_held,
+    trend_reached,
+)
+from carebridge.monitoring.scoring import (
+    SCORED_CODES,
+    ReadingRow,
+    news2_for,
+    news2_observation,
+    readings_of,
+)
+from carebridge.monitoring.subscriptions import SubscriptionMatcher
+from carebridge.security.policy import Action, Caller
+from carebridge.services.resources import PendingWrites, ResourceService
+from carebridge.storage.base import Session
+
+log = logging.getLogger(__name__)
+
+MONITOR = Caller("system:monitoring", roles=frozenset({"system"}))
+_READING_COLUMNS = ("patient_id", "code", "effective", "value", "observation_id")
+_NEWS2_ALERT = {  # chart 4 response -> Flag priority; a 3 in one parameter is "urgent ward"
+    Risk.LOW_MEDIUM: ("PL", "NEWS2 low-medium risk: urgent ward-based response"),
+    Risk.MEDIUM: ("PM", "NEWS2 medium risk: key threshold for urgent response"),
+    Risk.HIGH: ("PH", "NEWS2 high risk: urgent or emergency response"),
+}
+
+
+@dataclass
+class EngineSettings:
+    window: timedelta = timedelta(hours=1)  # NEWS2: each parameter's latest within this
+    batch: int = 2000  # outbox rows per transaction
+    offline_after: timedelta = timedelta(minutes=5)
+    sweep_every: float = 5.0  # seconds
+
+
+class MonitoringEngine:
+    def __init__(self, service: ResourceService, settings: EngineSettings | None = None,
+                 subscriptions: SubscriptionMatcher | None = None) -> None:
+        self.service = service
+        self.settings = settings or EngineSettings()
+        self.subscriptions = subscriptions or SubscriptionMatcher(service)
+        self.dialect = service.repository.dialect
+        self._rules: dict[str, list[Rule]] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sweep = 0.0
+        service.events.subscribe(self._on_events)
+
+    # ------------------------------------------------------------------ running
+
+    def _on_events(self, events: Sequence[ResourceChanged]) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="monitoring", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._wake.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self.settings.sweep_every)
+            self._wake.clear()
+            try:
+                while self.process_once() and not self._stop.is_set():
+                    pass
+                if time.monotonic() - self._last_sweep >= self.settings.sweep_every:
+                    self._last_sweep = time.monotonic()
+                    self.sweep()
+            except Exception:
+                log.exception("monitoring engine pass failed; retrying")
+                self._stop.wait(1.0)
+
+    # ------------------------------------------------------------------ rules cache
+
+    def rules(self) -> dict[str, list[Rule]]:
+        if self._rules is None:
+            self._rules = self._load_rules()
+        return self._rules
+
+    def _load_rules(self) -> dict[str, list[Rule]]:
+        from carebridge.monitoring.codes import RULE_CODE
+        from carebridge.services.search import SearchService
+
+        found = SearchService(self.service).search(
+            MONITOR, "Basic", [("code", f"{RULE_CODE}|"), ("_count", "1000")])
+        by_patient: dict[str, list[Rule]] = defaultdict(list)
+        for match in found.matches:
+            try:
+                rule = rule_from_basic(orjson.loads(match.body))
+            except RuleError as exc:
+                log.warning("Basic/%s is not a usable monitoring rule: %s", match.id, exc)
+                continue
+            if rule is None:
+                continue
+            patient = self._patient_of(rule.subject)
+            if patient is not None:
+                by_patient[patient].append(rule)
+        return dict(by_patient)
+
+    def _patient_of(self, subject: str) -> str | None:
+        if subject.startswith("Patient/"):
+            return subject.removeprefix("Patient/")
+        try:
+            plan = self.service.read(MONITOR, "CarePlan", subject.removeprefix("CarePlan/"))
+        except Exception:
+            return None
+        reference = (orjson.loads(plan.body or b"{}").get("subject") or {}).get("reference", "")
+        return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+
+    # ------------------------------------------------------------------ one pass
+
+    def process_once(self) -> int:
+        """Handle up to one batch of outbox rows; returns how many were handled."""
+        rules = self.rules()
+        self.subscriptions.refresh()
+        self.service.policy.authorize(MONITOR, Action.CREATE, "Observation")
+        changed: list[ResourceChanged] = []
+
+        def work(session: Session, pending: PendingWrites) -> int:
+            changed.clear()
+            changed.extend(claim(session, self.dialect, self.settings.batch))
+            if changed:
+                self._handle(session, pending, changed, rules)
+            return len(changed)
+
+        handled = self.service.run_write(work, retry=True)
+        if any(c.resource_type in ("Basic", "CarePlan") for c in changed):
+            self._rules = None
+        if any(c.resource_type == "Subscription" for c in changed):
+            self.subscriptions.invalidate()
+        return handled
+
+    def _handle(self, session: Session, pending: PendingWrites,
+                changed: list[ResourceChanged], rules: dict[str, list[Rule]]) -> None:
+        moment = self.service.clock()
+        wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
+                  and (c.resource_type == "Observation" or self.subscriptions.active)]
+        bodies = session.read_many(wanted)
+        readings: list[ReadingRow] = []
+        for c in changed:
+            current = bodies.get((c.resource_type, c.resource_id))
+            if c.resource_type == "Observation" and current is not None and current.body:
+                readings.extend(readings_of(orjson.loads(current.body)))
+        if readings:
+            insert_many(session, self.dialect, "mon_reading", _READING_COLUMNS,
+                        [r.row() for r in readings])
+        by_patient: dict[str, list[ReadingRow]] = defaultdict(list)
+        for reading in readings:
+            by_patient[reading.patient_id].append(reading)
+        for patient, new in by_patient.items():
+            patient_rules = rules.get(patient, [])
+            if any(r.code in SCORED_CODES for r in new):
+                self._score(session, pending, patient, new, patient_rules, moment)
+            for rule in patient_rules:
+                if rule.kind in ("threshold", "trend") and any(r.code == rule.code for r in new):
+                    self._evaluate(session, pending, patient, rule, new, moment)
+        if self.subscriptions.active:
+            self.subscriptions.enqueue(session, changed, bodies, moment)
+
+    def _score(self, session: Session, pending: PendingWrites, patient: str,
+               new: list[ReadingRow], rules: list[Rule], moment: datetime) -> None:
+        until = max(r.effective for r in new)
+        hypercapnic = any(r.kind == "news2-spo2-scale-2" for r in rules)
+        score = news2_for(session, self.dialect, patient, until, self.settings.window,
+                          hypercapnic)
+        observation = news2_observation(score, moment)
+        oid = new_id()
+        self.service.stage(pending, observation, "Observation", oid, 1, "POST", moment, None)
+        risk = score.result.risk
+        if risk in _NEWS2_ALERT:
+            priority, text = _NEWS2_ALERT[risk]
+            alerts.raise_alert(self.service, session, pending, AlertCondition(
+                patient, "news2", risk.rank, f"news2-{risk.value}",
+                f"{text} (NEWS2 {score.result.total})", priority, f"Observation/{oid}"), moment)
+
+    def _evaluate(self, session: Session, pending: PendingWrites, patient: str, rule: Rule,
+                  new: list[ReadingRow], moment: datetime) -> None:
+        assert rule.code is not None and rule.value is not None
+        latest = max(r.effective for r in new if r.code == rule.code)
+        span = rule.duration + timedelta(hours=1) if rule.kind == "threshold" else rule.duration
+        rows = run(session, self.dialect,
+                   "SELECT effective, value, observation_id FROM mon_reading WHERE patient_id = ?"
+                   " AND code = ? AND effective >= ? AND effective <= ? ORDER BY effective",
+                   (patient, rule.code, instant_text(latest - span), instant_text(latest)))
+        series: list[Reading] = [(from_text(r[0]), float(r[1]), str(r[2])) for r in rows]
+        if rule.kind == "threshold":
+            assert rule.comparator is not None
+            hit = threshold_held(series, rule.comparator, rule.value, rule.duration)
+        else:
+            hit = trend_reached(series, rule.value, rule.duration)
+        if hit is not None:
+            alerts.raise_alert(self.service, session, pending, AlertCondition(
+                patient, rule.alert_key, 1, f"rule-{rule.kind}", rule.title, rule.priority,
+                f"Observation/{hit[2]}"), moment)
+
+    # ------------------------------------------------------------------ sweep
+
+    def sweep(self) -> None:
+        """Devices silent too long go offline (alerting for their patient); no-data rules."""
+        rules = self.rules()
+
+        def work(session: Session, pending: PendingWrites) -> None:
+            moment = self.service.clock()
+            for device_id in fleet.mark_silent(session, self.dialect, moment,
+                                               self.settings.offline_after):
+                patient = _device_patient(session, device_id)
+                if patient is not None:
+                    alerts.raise_alert(self.service, session, pending, AlertCondition(
+                        patient, f"device-silent:{device_id}", 1, "device-silent",
+                        f"Device/{device_id} has gone silent (no data for"
+                        f" {self.settings.offline_after})", "PM", f"Device/{device_id}",
+                        "equipment"), moment)
+            for patient, patient_rules in rules.items():
+                for rule in patient_rules:
+                    if rule.kind == "no-data":
+                        self._no_data(session, pending, patient, rule, moment)
+
+        self.service.run_write(work, retry=True)
+
+    def _no_data(self, session: Session, pending: PendingWrites, patient: str, rule: Rule,
+                 moment: datetime) -> None:
+        rows = run(session, self.dialect,
+                   "SELECT max(effective) FROM mon_reading WHERE patient_id = ? AND code = ?",
+                   (patient, rule.code))
+        last = from_text(rows[0][0]) if rows and rows[0][0] else None
+        basic = session.read("Basic", rule.rule_id)
+        since = basic.last_updated if basic is not None else moment
+        if no_data(last, since, moment, rule.duration):
+            alerts.raise_alert(self.service, session, pending, AlertCondition(
+                patient, rule.alert_key, 1, "rule-no-data", rule.title, rule.priority,
+                f"Basic/{rule.rule_id}"), moment)
+
+
+def _device_patient(session: Session, device_id: str) -> str | None:
+    device = session.read("Device", device_id)
+    if device is None or device.body is None:
+        return None
+    body: Resource = orjson.loads(device.body)
+    reference = (body.get("patient") or {}).get("reference", "")
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
