@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "base_structure_definitions",
     "code_system",
     "compartment_definition",
     "is_resource_type",
@@ -148,6 +149,11 @@ def structure_definition(name_or_url: str) -> dict[str, Any]:
         if found is not None:
             return found
     raise KeyError(f"unknown FHIR R4 StructureDefinition: {name_or_url!r}")
+
+
+def base_structure_definitions() -> list[dict[str, Any]]:
+    """The StructureDefinitions of every resource type and datatype (not the profiles)."""
+    return [*_entries("resources"), *_entries("types")]
 
 
 def profiles() -> dict[str, dict[str, Any]]:
