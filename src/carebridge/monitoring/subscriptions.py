@@ -3,7 +3,7 @@
 The criteria are decided when the write commits (inside the engine's outbox transaction) and
 only the delivery is queued (:mod:`carebridge.events.delivery`), so no notification is lost
 across a restart. Matching is in memory for the common case -- every parameter a plain token
-(``Flag?status=active``, ``Observation?code=http://loinc.org|8867-4``) or a reference
+(``Flag?subject=Patient/1``, ``Observation?code=http://loinc.org|8867-4``) or a reference
 (``subject=Patient/1``) -- using the same extractor that fills the search index ("extract
 once, match twice"); anything else runs the search compiler on ``_id`` plus the criteria.
 
@@ -83,7 +83,10 @@ def matches_in_memory(resource: Resource, params: Sequence[tuple[str, str]]) -> 
     for name, raw in params:
         if ":" in name or name.startswith("_") or "," in raw:
             return None
-        values = values_of(resource, name)
+        try:
+            values = values_of(resource, name)
+        except KeyError:
+            return None  # not a parameter of this type: the search compiler reports it
         kinds = {type(v) for v in values}
         if kinds <= {TokenValue}:
             ok = _token_matches(values, raw)

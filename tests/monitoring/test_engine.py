@@ -1,0 +1,166 @@
+"""From committed readings to NEWS2 Observations and alerts (Flags), whatever way they came in."""
+
+from __future__ import annotations
+
+import pytest
+from tests.monitoring.support import Ward, minutes_ago
+
+from carebridge.fhir.errors import Conflict
+from carebridge.security.policy import SYSTEM, Caller
+from carebridge.services.resources import ResourceService
+
+NURSE = Caller("Practitioner/nurse-1", roles=frozenset({"nurse"}))
+
+
+def news2_scores(ward: Ward) -> list[dict[str, object]]:
+    found = ward.search("Observation", code="http://snomed.info/sct|1104051000000101",
+                        subject=f"Patient/{ward.patient_id}")
+    return sorted(found, key=lambda o: str(o["issued"]) + str(o["meta"]["lastUpdated"]))  # type: ignore[index]
+
+
+def flags(ward: Ward) -> list[dict[str, object]]:
+    return ward.search("Flag", subject=f"Patient/{ward.patient_id}")
+
+
+def send(ward: Ward, **values: object) -> None:
+    ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(1), **values}, ward.secret)
+    ward.settle()
+
+
+def test_news2_observation_from_device_readings(ward: Ward) -> None:
+    # RR 22 (2), SpO2 95 (1), SBP 105 (1), pulse 95 (1), temp 38.3 (1), no O2 reading (air, 0):
+    # total 6, medium; consciousness is missing and listed.
+    send(ward, rr=22, spo2=95, sbp=105, dbp=70, hr=95, temp=38.3)
+    [score] = news2_scores(ward)
+    assert score["valueInteger"] == 6
+    assert score["interpretation"][0]["coding"][0]["code"] == "medium"  # type: ignore[index]
+    assert score["status"] == "preliminary"  # a parameter is missing
+    subs = {c["code"]["coding"][0]["code"]: c.get("valueInteger")  # type: ignore[index,union-attr]
+            for c in score["component"]}  # type: ignore[union-attr]
+    assert subs == {"respiration-rate": 2, "spo2": 1, "air-or-oxygen": 0, "systolic-bp": 1,
+                    "pulse": 1, "consciousness": None, "temperature": 1}
+    absent = [c for c in score["component"] if "dataAbsentReason" in c]  # type: ignore[union-attr]
+    assert [c["code"]["coding"][0]["code"] for c in absent] == ["consciousness"]
+    assert len(score["derivedFrom"]) == 5  # type: ignore[arg-type]
+
+
+def test_each_parameter_latest_within_window(ward: Ward) -> None:
+    # An old (2 h) low SBP falls out of the 1 h window; the latest pulse counts, not the first.
+    ward.monitoring.gateway.ingest(ward.device_id, [
+        {"t": minutes_ago(120), "sbp": 85, "dbp": 50},
+        {"t": minutes_ago(10), "hr": 135},
+        {"t": minutes_ago(5), "hr": 80},
+    ], ward.secret)
+    ward.settle()
+    latest = news2_scores(ward)[-1]
+    subs = {c["code"]["coding"][0]["code"]: c.get("valueInteger")  # type: ignore[index,union-attr]
+            for c in latest["component"]}  # type: ignore[union-attr]
+    assert subs["pulse"] == 0 and subs["systolic-bp"] is None
+    assert latest["valueInteger"] == 0
+
+
+def test_oxygen_reading_scores_two(ward: Ward) -> None:
+    send(ward, hr=70, o2flow=2)
+    latest = news2_scores(ward)[-1]
+    assert latest["valueInteger"] == 2
+
+
+def test_rest_observations_are_scored_too(ward: Ward) -> None:
+    """Not only device ingest: any committed vital-sign Observation (REST, HL7 v2) counts."""
+    obs = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+           "subject": {"reference": f"Patient/{ward.patient_id}"},
+           "effectiveDateTime": minutes_ago(2),
+           "valueQuantity": {"value": 140, "unit": "/min", "system": "http://unitsofmeasure.org",
+                             "code": "/min"}}
+    ward.service.create(SYSTEM, "Observation", obs)
+    ward.settle()
+    [score] = news2_scores(ward)
+    assert score["valueInteger"] == 3
+    assert score["interpretation"][0]["coding"][0]["code"] == "low-medium"  # type: ignore[index]
+    [flag] = flags(ward)
+    assert flag["code"]["coding"][0]["code"] == "news2-low-medium"  # type: ignore[index]
+
+
+def _priority(flag: dict[str, object]) -> str:
+    for ext in flag["extension"]:  # type: ignore[attr-defined]
+        if ext["url"] == "http://hl7.org/fhir/StructureDefinition/flag-priority":
+            return str(ext["valueCodeableConcept"]["coding"][0]["code"])
+    raise AssertionError("no flag-priority")
+
+
+def _state(flag: dict[str, object]) -> str:
+    for ext in flag["extension"]:  # type: ignore[attr-defined]
+        if ext["url"].endswith("/alert-state"):
+            return str(ext["valueCode"])
+    raise AssertionError("no alert-state")
+
+
+def test_alert_no_duplicates_escalation_ack_resolve(ward: Ward) -> None:
+    send(ward, rr=22, spo2=95, sbp=105, dbp=70, hr=95, temp=38.3)  # 6: medium
+    [flag] = flags(ward)
+    assert flag["status"] == "active" and _priority(flag) == "PM"
+    assert flag["subject"] == {"reference": f"Patient/{ward.patient_id}"}
+    detail = [e for e in flag["extension"]  # type: ignore[attr-defined]
+              if e["url"] == "http://hl7.org/fhir/StructureDefinition/flag-detail"]
+    assert detail[0]["valueReference"]["reference"].startswith("Observation/")
+    send(ward, rr=21, hr=96)  # still medium: no second alert, no new version
+    [same] = flags(ward)
+    assert same["id"] == flag["id"] and same["meta"]["versionId"] == "1"  # type: ignore[index]
+    desk = ward.monitoring.desk
+    desk.acknowledge(NURSE, str(flag["id"]))
+    send(ward, rr=26, hr=132)  # RR 3 + pulse 3 + ...: high -> the open alert escalates
+    [escalated] = flags(ward)
+    assert escalated["id"] == flag["id"]
+    assert _priority(escalated) == "PH" and _state(escalated) == "open"
+    assert escalated["code"]["coding"][0]["code"] == "news2-high"  # type: ignore[index]
+    resolved = desk.resolve(NURSE, str(flag["id"]))
+    assert resolved["status"] == "inactive" and "end" in resolved["period"]
+    events = [{x["url"]: next(v for k, v in x.items() if k.startswith("value"))
+               for x in e["extension"]} for e in resolved["extension"]
+              if e["url"].endswith("/alert-event")]
+    assert [(e["type"], e["who"]) for e in events] == [
+        ("acknowledged", "Practitioner/nurse-1"), ("escalated", "system"),
+        ("resolved", "Practitioner/nurse-1")]
+    history = ward.service.history(SYSTEM, "Flag", str(flag["id"]))
+    assert len(history.entries) == 4  # opened, acknowledged, escalated, resolved
+    with pytest.raises(Conflict):
+        desk.resolve(NURSE, str(flag["id"]))
+    # After resolution, a still-high score opens a new alert.
+    send(ward, rr=27)
+    assert len([f for f in flags(ward) if f["status"] == "active"]) == 1
+
+
+def test_low_band_raises_no_alert(ward: Ward) -> None:
+    send(ward, rr=16, spo2=97, sbp=120, dbp=80, hr=70, temp=37.0)
+    assert news2_scores(ward)[-1]["valueInteger"] == 0
+    assert flags(ward) == []
+
+
+def test_outbox_survives_a_crash_before_scoring(database_url: str) -> None:
+    """Readings committed while no engine ran are scored by the next engine to start."""
+    from carebridge.events.outbox import OutboxRepository
+    from carebridge.monitoring.runtime import Monitoring
+    from carebridge.storage import open_repository
+
+    repository = OutboxRepository(open_repository(database_url))
+    service = ResourceService(repository)
+    first = Monitoring(service)
+    patient = service.create(SYSTEM, "Patient", {"resourceType": "Patient"}).version.id
+    device = service.create(SYSTEM, "Device", {"resourceType": "Device",
+                                               "patient": {"reference": f"Patient/{patient}"}})
+    secret = first.credentials.issue(device.version.id)
+    first.gateway.ingest(device.version.id, {"t": minutes_ago(1), "hr": 140}, secret)
+    first.gateway.stop()
+    repository.close()  # "crash": nothing scored yet
+
+    repository = OutboxRepository(open_repository(database_url))
+    service = ResourceService(repository)
+    second = Monitoring(service)
+    while second.engine.process_once():
+        pass
+    from carebridge.services.search import SearchService
+
+    found = SearchService(service).search(SYSTEM, "Flag", [("subject", f"Patient/{patient}")])
+    assert len(found.matches) == 1
+    repository.close()
