@@ -96,6 +96,54 @@ class Compiler:
             return f"NOT ({cond})" if negate else cond
         return self._in(alias, types, self.ids(types, criterion), negate=negate)
 
+    def exists(self, criterion: Criterion, alias: str = "r") -> str:
+        """The criterion as a check on one row of ``alias`` (with ``resource_type`` and ``id``
+        columns): a correlated ``EXISTS`` on the index table's ``(resource_type, id, param)``
+        index, so its cost is a few index probes per candidate row, whatever the number of
+        resources that match it elsewhere (``r.id IN (...)`` would build the whole list)."""
+        negate = criterion.modifier in ("not", "not-in")
+        own = (f"i.resource_type = {alias}.resource_type AND i.id = {alias}.id"
+               f" AND i.param = {self.p(criterion.code)}")
+        if criterion.modifier == "missing":
+            table = _TABLE.get(criterion.type, "idx_token")
+            present = f"EXISTS (SELECT 1 FROM {table} i WHERE {own})"
+            return f"NOT {present}" if criterion.values[0].raw == "true" else present
+        if criterion.code == "_id" and criterion.chain is None:
+            ids = [v.code for v in criterion.values if v.code]
+            cond = f"{alias}.id IN ({self.marks(ids)})"
+            return f"NOT ({cond})" if negate else cond
+        if criterion.has is not None:
+            source, ref_code, inner = criterion.has
+            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
+                     f" AND i.target_type = {alias}.resource_type"
+                     f" AND i.resource_type = {self.p(source)} AND i.param = {self.p(ref_code)}"
+                     f" AND i.id IN ({self.condition_ids(source, inner)}))")
+        elif criterion.code == "_list":
+            ids = [v.raw for v in criterion.values]
+            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
+                     f" AND i.target_type = {alias}.resource_type AND i.resource_type = 'List'"
+                     f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}))")
+        elif criterion.chain is not None:
+            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE {own}"
+                     f" AND ({self._chain_branches(criterion)}))")
+        else:
+            ors = " OR ".join(self._value(criterion, v) for v in criterion.values)
+            found = f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own} AND ({ors}))"
+        return f"NOT {found}" if negate else found
+
+    def driver(self, types: tuple[str, ...], criterion: Criterion) -> str:
+        """A subquery of the distinct ``(resource_type, id)`` pairs matching a positive
+        criterion, to lead a join: only current resources have index rows."""
+        if criterion.code == "_id" and criterion.chain is None:
+            ids = [v.code for v in criterion.values if v.code]
+            scope = self._scope(types, "c.resource_type")
+            return (f"SELECT c.resource_type, c.id FROM resource c WHERE {scope}"
+                    f" AND c.id IN ({self.marks(ids)}) AND NOT c.deleted")
+        inner = self.ids(types, criterion)
+        if len(types) == 1:
+            return f"SELECT DISTINCT {self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
+        return f"SELECT DISTINCT * FROM ({inner}) d"
+
     def _in(self, alias: str, types: tuple[str, ...], subquery: str, *, negate: bool) -> str:
         op = "NOT IN" if negate else "IN"
         if len(types) != 1:
@@ -125,7 +173,8 @@ class Compiler:
         if criterion.code == "_list":
             # search.html#list: the resources a List refers to in its items
             ids = [v.raw for v in criterion.values]
-            sel = "i.target_id" if len(types) == 1 else "i.target_type, i.target_id"
+            sel = ("i.target_id AS id" if len(types) == 1
+                   else "i.target_type AS resource_type, i.target_id AS id")
             return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = 'List'"
                     f" AND i.id IN ({self.marks(ids)}) AND i.param = 'item'"
                     f" AND {self._scope(types, 'i.target_type')}")
@@ -137,13 +186,16 @@ class Compiler:
                 f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(ors)})")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
+        return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
+                f" AND i.param = {self.p(criterion.code)} AND ({self._chain_branches(criterion)})")
+
+    def _chain_branches(self, criterion: Criterion) -> str:
         assert criterion.chain is not None
         branches = []
         for target in criterion.chain_types:
             inner = self.condition_ids(target, criterion.chain)
             branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN ({inner}))")
-        return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
-                f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(branches)})")
+        return " OR ".join(branches)
 
     def condition_ids(self, rtype: str, criterion: Criterion) -> str:
         """Ids of current ``rtype`` resources meeting the criterion, modifiers included."""
@@ -159,7 +211,8 @@ class Compiler:
         assert criterion.has is not None
         source, ref_code, inner = criterion.has
         inner_ids = self.condition_ids(source, inner)
-        sel = "i.target_id" if len(types) == 1 else "i.target_type, i.target_id"
+        sel = ("i.target_id AS id" if len(types) == 1
+               else "i.target_type AS resource_type, i.target_id AS id")
         return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = {self.p(source)}"
                 f" AND i.param = {self.p(ref_code)} AND {self._scope(types, 'i.target_type')}"
                 f" AND i.id IN ({inner_ids})")
