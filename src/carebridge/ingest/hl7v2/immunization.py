@@ -26,7 +26,14 @@ from carebridge.ingest.hl7v2.errors import (
     TABLE_VALUE_NOT_FOUND,
     MessageError,
 )
-from carebridge.ingest.hl7v2.mapping import Entry, Lookup, Mapped, Source, sending_facility
+from carebridge.ingest.hl7v2.mapping import (
+    Entry,
+    Lookup,
+    Mapped,
+    Source,
+    keyed_id,
+    sending_facility,
+)
 from carebridge.ingest.hl7v2.observations import observation
 from carebridge.ingest.hl7v2.parsing import Message, Segment, part
 from carebridge.ingest.hl7v2.results import OBSERVATION_KEY, subject_entries
@@ -149,7 +156,8 @@ def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segm
         obs["partOf"] = [{"reference": entry.reference}]
         obs["identifier"] = [{"system": key_system,
                               "value": f"{key_value}/{obx.value(1) or obx.sequence}"}]
-        mapped.add(Entry(obs, "PUT", f"Observation?identifier={token(obs['identifier'][0])}",
+        obs["id"] = keyed_id("Observation", obs["identifier"][0])
+        mapped.add(Entry(obs, "PUT", f"Observation/{obs['id']}",
                          Source("OBX", obx.sequence, 5)))
 
 

@@ -92,6 +92,17 @@ def upsert(resource_type: str, resource: Json, criteria: str, current: Current |
     return Entry(resource, "PUT", f"{resource_type}?{criteria}", source)
 
 
+def keyed_id(resource_type: str, identifier: Json) -> str:
+    """A stable server id derived from a business identifier (UUID v5), for resources only
+    HL7 feeds create (Observations): ``PUT Type/<id>`` then updates the same resource on a
+    resend or correction without a search per resource."""
+    name = f"{resource_type}|{identifier.get('system', '')}|{identifier['value']}"
+    return str(uuid.uuid5(_KEYED_NAMESPACE, name))
+
+
+_KEYED_NAMESPACE = uuid.UUID("5b0f2d1e-7c1a-4f9e-9a43-8f1c2b6d0e47")
+
+
 def require(segment: Segment, n: int, name: str) -> Composite:
     value = segment.first(n)
     if not value:

@@ -32,6 +32,7 @@ from carebridge.ingest.hl7v2.mapping import (
     Lookup,
     Mapped,
     Source,
+    keyed_id,
     patient_key,
     sending_facility,
 )
@@ -144,12 +145,13 @@ def _report(message: Message, orc: Segment | None, obr: Segment, obxs: list[Segm
         resource = observation(obx, subject, encounter, observed)
         key = _observation_key(obx, seen)
         resource["identifier"] = [{"system": system, "value": f"{identifier['value']}/{key}"}]
+        resource["id"] = keyed_id("Observation", resource["identifier"][0])
         if not resource.get("category"):
             resource["category"] = [{"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/observation-category",
                 "code": "laboratory", "display": "Laboratory"}]}]
         entry = mapped.add(Entry(resource, "PUT",
-                                 f"Observation?identifier={token(resource['identifier'][0])}",
+                                 f"Observation/{resource['id']}",
                                  Source("OBX", obx.sequence, 5)))
         results.append({"reference": entry.reference})
     if results:

@@ -1,0 +1,63 @@
+"""``carebridge hl7 errors`` and ``carebridge hl7 replay ID``: the error queue by hand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.ingest.hl7v2.store import MessageStore
+from carebridge.services.resources import ResourceService
+from carebridge.storage import open_repository
+from carebridge.storage.factory import DEFAULT_DATABASE_URL
+
+hl7_app = typer.Typer(help="HL7 v2 feeds: the error queue", no_args_is_help=True)
+console = Console()
+
+Database = Annotated[
+    str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",
+                      help="sqlite:///path or postgresql://user@host:port/db")
+]
+
+
+@hl7_app.command("errors")
+def errors(database: Database = DEFAULT_DATABASE_URL,
+           all_: Annotated[bool, typer.Option("--all", help="resolved ones too")] = False,
+           limit: int = 100) -> None:
+    """List rejected or failed messages kept for replay (open ones by default)."""
+    repo = open_repository(database)
+    try:
+        queued = MessageStore(repo).errors(status=None if all_ else "open", limit=limit)
+    finally:
+        repo.close()
+    table = Table(title="HL7 v2 error queue")
+    for column in ("id", "received", "sender", "control id", "type", "ack", "code", "where",
+                   "reason", "status", "tries"):
+        table.add_column(column, overflow="fold")
+    for e in queued:
+        table.add_row(str(e.id), e.received_at[:19], e.sender, e.control_id, e.message_type,
+                      e.ack_code, e.error_code, e.location, e.reason, e.status, str(e.attempts))
+    console.print(table)
+    console.print(f"{len(queued)} {'messages' if len(queued) != 1 else 'message'}")
+
+
+@hl7_app.command("replay")
+def replay(error_id: Annotated[int, typer.Argument(help="id from `carebridge hl7 errors`")],
+           database: Database = DEFAULT_DATABASE_URL) -> None:
+    """Run one queued message again (after fixing what made it fail). Exits 1 if it fails."""
+    repo = open_repository(database)
+    try:
+        if MessageStore(repo).error(error_id) is None:
+            console.print(f"[red]no HL7 v2 error #{error_id}[/]")
+            raise typer.Exit(2)
+        outcome = Hl7Processor(ResourceService(repo)).replay(error_id)
+    finally:
+        repo.close()
+    console.print(outcome.ack.replace("\r", "\n").rstrip())
+    if outcome.ack_code != "AA":
+        raise typer.Exit(1)
+    console.print(f"[green]accepted[/] (archive #{outcome.archive_id}"
+                  f"{', already stored before' if outcome.duplicate else ''})")
