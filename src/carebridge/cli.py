@@ -16,6 +16,7 @@ from rich.table import Table
 from carebridge.app import build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir
+from carebridge.ingest.hl7v2.commands import hl7_app
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
@@ -26,6 +27,7 @@ from carebridge.storage.factory import DEFAULT_DATABASE_URL
 app = typer.Typer(help="carebridge: FHIR R4 health data platform", no_args_is_help=True,
                   add_completion=False)
 console = Console()
+app.add_typer(hl7_app, name="hl7")
 
 Database = Annotated[
     str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",
@@ -33,6 +35,8 @@ Database = Annotated[
 ]
 Host = Annotated[str, typer.Option(envvar="CAREBRIDGE_HOST", help="address to listen on")]
 Port = Annotated[int, typer.Option(envvar="CAREBRIDGE_PORT", help="port to listen on")]
+MllpPort = Annotated[int | None, typer.Option(
+    envvar="CAREBRIDGE_MLLP_PORT", help="HL7 v2 MLLP port (off unless set; docs/hl7v2.md)")]
 
 
 def _serve(settings: Settings) -> None:
@@ -41,6 +45,8 @@ def _serve(settings: Settings) -> None:
         f"[bold green]carebridge[/] FHIR R4 at http://{settings.host}:{settings.port}/fhir"
         f"  (database: {_redact(settings.database_url)})"
     )
+    if settings.mllp_port is not None:
+        console.print(f"  HL7 v2 over MLLP at {settings.host}:{settings.mllp_port}")
     uvicorn.run(application.asgi, host=settings.host, port=settings.port, log_level="warning",
                 access_log=False)
 
@@ -55,9 +61,11 @@ def _redact(url: str) -> str:
 
 @app.command()
 def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
+          mllp_port: MllpPort = None,
           port: Port = 8080) -> None:
     """Run the FHIR server."""
-    _serve(Settings(database_url=database, host=host, port=port))
+    _serve(Settings(mllp_port=mllp_port,
+                    database_url=database, host=host, port=port))
 
 
 @app.command()
@@ -133,6 +141,7 @@ def import_(
 
 @app.command()
 def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
+         mllp_port: MllpPort = 2575,
          port: Port = 8080) -> None:
     """Load the sample patients (once) and run the server."""
     repo = open_repository(database)
@@ -154,7 +163,8 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     console.print("Sample patients:")
     for _, version in page.entries:
         console.print(f"  http://{host}:{port}/fhir/Patient/{version.id}")
-    _serve(Settings(database_url=database, host=host, port=port))
+    _serve(Settings(mllp_port=mllp_port,
+                    database_url=database, host=host, port=port))
 
 
 def main() -> None:

@@ -25,7 +25,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from carebridge.fhir.errors import BadRequest, FhirError, NotFound, NotImplementedYet
+from carebridge.fhir.errors import (
+    BadRequest,
+    FhirError,
+    Forbidden,
+    NotFound,
+    NotImplementedYet,
+)
 from carebridge.fhir.resource import (
     Resource,
     check_resource,
@@ -33,7 +39,7 @@ from carebridge.fhir.resource import (
     new_id,
     rewrite_references,
 )
-from carebridge.security.policy import Action, Caller
+from carebridge.security.policy import Action, Caller, Restriction
 from carebridge.services.conditional import ConditionalWrites
 from carebridge.services.resources import PendingWrites, ResourceService, WriteResult, check_type
 from carebridge.services.search import SearchService, search_bundle
@@ -49,6 +55,14 @@ _URL = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?:/(?P<id>[^/?]+)(?:/_history/(?P<
 _RELATIVE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]+)?$")
 _ABSOLUTE = re.compile(r"^(?P<base>https?://.+/)[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+def _unrestricted(restriction: Restriction | None) -> None:
+    """Bundle entries run unnarrowed (conditional parts search the whole store), so a caller
+    confined to a compartment or to granular criteria uses the REST interactions instead."""
+    if restriction is not None:
+        raise Forbidden("This access token does not permit this entry in a bundle; use the"
+                        " REST interaction")
 
 
 def _placeholder(n: int) -> str:
@@ -128,9 +142,9 @@ class BundleProcessor:
         entries = [self._entry(i, raw) for i, raw in enumerate(raw_entries)]
         self._check_identities(entries)
         for entry in entries:
-            self.service.policy.authorize(
+            _unrestricted(self.service.policy.authorize(
                 caller, _ACTIONS[entry.method], entry.resource_type, entry.resource_id
-            )
+            ))
         return self._execute(entries, intra_bundle=True)
 
     def batch(self, caller: Caller, raw_entries: list[Any]) -> list[Outcome]:
@@ -138,9 +152,9 @@ class BundleProcessor:
         for index, raw in enumerate(raw_entries):
             try:
                 entry = self._entry(index, raw)
-                self.service.policy.authorize(
+                _unrestricted(self.service.policy.authorize(
                     caller, _ACTIONS[entry.method], entry.resource_type, entry.resource_id
-                )
+                ))
                 outcome = self._execute([entry], intra_bundle=False)[0]
             except FhirError as exc:
                 err = exc if exc.message.startswith("Bundle.entry[") else exc.at(

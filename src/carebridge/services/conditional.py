@@ -14,9 +14,9 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import parse_qsl, urlencode
 
-from carebridge.fhir.errors import BadRequest, PreconditionFailed
+from carebridge.fhir.errors import BadRequest, Forbidden, PreconditionFailed
 from carebridge.fhir.resource import Resource, check_id, new_id
-from carebridge.security.policy import Action, Caller
+from carebridge.security.policy import Action, Caller, Restriction
 from carebridge.services.resources import PendingWrites, ResourceService, WriteResult, check_type
 from carebridge.services.search import SearchService
 from carebridge.storage.base import Session
@@ -50,7 +50,7 @@ class ConditionalWrites:
                criteria: str) -> WriteResult:
         check_type(resource_type)
         resource = self.resources.parse(body, resource_type)
-        self.resources.policy.authorize(caller, Action.CREATE, resource_type)
+        _unrestricted(self.resources.policy.authorize(caller, Action.CREATE, resource_type))
         moment = self.resources.clock()
         return self.resources.run_write(
             lambda s, p: self.create_in(s, p, resource, criteria, new_id(), moment), retry=True)
@@ -71,7 +71,7 @@ class ConditionalWrites:
                body: bytes) -> WriteResult:
         check_type(resource_type)
         resource = self.resources.parse(body, resource_type)
-        self.resources.policy.authorize(caller, Action.UPDATE, resource_type)
+        _unrestricted(self.resources.policy.authorize(caller, Action.UPDATE, resource_type))
         return self.resources.run_write(
             lambda s, p: self.update_in(s, p, resource, criteria, self.resources.clock()),
             retry=True)
@@ -97,7 +97,7 @@ class ConditionalWrites:
 
     def delete(self, caller: Caller, resource_type: str, criteria: str) -> WriteResult | None:
         check_type(resource_type)
-        self.resources.policy.authorize(caller, Action.DELETE, resource_type)
+        _unrestricted(self.resources.policy.authorize(caller, Action.DELETE, resource_type))
         return self.resources.run_write(
             lambda s, p: self.delete_in(s, p, resource_type, criteria, self.resources.clock()),
             retry=True)
@@ -120,3 +120,10 @@ class ConditionalWrites:
             found = "no resource" if not ids else "more than one resource"
             raise PreconditionFailed(f"Conditional reference {reference!r} matches {found}")
         return f"{rtype}/{ids[0]}"
+
+
+def _unrestricted(restriction: Restriction | None) -> None:
+    """Conditional criteria are searched over the whole store: a caller confined to one
+    compartment or to granular criteria uses the plain interactions instead."""
+    if restriction is not None:
+        raise Forbidden("This access token does not permit conditional interactions")

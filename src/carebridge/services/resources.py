@@ -21,6 +21,7 @@ from carebridge.fhir import registry
 from carebridge.fhir.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     NotFound,
     PreconditionFailed,
@@ -36,7 +37,8 @@ from carebridge.fhir.resource import (
     with_meta,
 )
 from carebridge.search.index import index_rows
-from carebridge.security.policy import AccessPolicy, Action, AllowAll, Caller
+from carebridge.security.narrowing import references_patient
+from carebridge.security.policy import AccessPolicy, Action, AllowAll, Caller, Restriction
 from carebridge.storage.base import (
     HistoryPage,
     HistoryQuery,
@@ -162,9 +164,28 @@ class ResourceService:
 
     def read(self, caller: Caller, resource_type: str, resource_id: str) -> StoredVersion:
         check_type(resource_type)
-        self.policy.authorize(caller, Action.READ, resource_type, resource_id)
+        restriction = self.policy.authorize(caller, Action.READ, resource_type, resource_id)
         with self.repository.session() as session:
+            if restriction is not None:
+                self.admit(session, restriction, resource_type, resource_id)
             return self.read_in(session, resource_type, resource_id)
+
+    def admit(self, session: Session, restriction: Restriction, resource_type: str,
+              resource_id: str) -> None:
+        """A restricted caller reaches a resource only inside its restriction (patient
+        compartment, granular criteria); outside it looks exactly like a missing one."""
+        from carebridge.services.search import SearchService  # search imports this module
+
+        if not SearchService(self).admits(session, resource_type, resource_id, restriction):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+
+    def admit_write(self, restriction: Restriction | None, resource: Resource) -> None:
+        """What a restricted caller writes must land inside its patient's compartment."""
+        if restriction is None:
+            return
+        if restriction.criteria or restriction.patient is None or not references_patient(
+                resource, restriction.patient):
+            raise Forbidden("The access token does not permit writing this resource")
 
     def read_in(self, session: Session, resource_type: str, resource_id: str) -> StoredVersion:
         current = session.read(resource_type, resource_id)
@@ -181,8 +202,10 @@ class ResourceService:
         self, caller: Caller, resource_type: str, resource_id: str, version: str
     ) -> StoredVersion:
         check_type(resource_type)
-        self.policy.authorize(caller, Action.VREAD, resource_type, resource_id)
+        restriction = self.policy.authorize(caller, Action.VREAD, resource_type, resource_id)
         with self.repository.session() as session:
+            if restriction is not None:
+                self.admit(session, restriction, resource_type, resource_id)
             return self.vread_in(session, resource_type, resource_id, version)
 
     def vread_in(
@@ -211,8 +234,12 @@ class ResourceService:
     ) -> HistoryPage:
         if resource_type is not None:
             check_type(resource_type)
-        self.policy.authorize(caller, Action.HISTORY, resource_type, resource_id)
+        restriction = self.policy.authorize(caller, Action.HISTORY, resource_type, resource_id)
+        if restriction is not None and (resource_type is None or resource_id is None):
+            raise Forbidden("This access token reads history one resource at a time")
         with self.repository.session() as session:
+            if restriction is not None and resource_type is not None and resource_id:
+                self.admit(session, restriction, resource_type, resource_id)
             if (
                 resource_type is not None
                 and resource_id is not None
@@ -228,7 +255,7 @@ class ResourceService:
     def create(self, caller: Caller, resource_type: str, body: bytes | Resource) -> WriteResult:
         check_type(resource_type)
         resource = self.parse(body, resource_type)
-        self.policy.authorize(caller, Action.CREATE, resource_type)
+        self.admit_write(self.policy.authorize(caller, Action.CREATE, resource_type), resource)
         moment = self.clock()
         return self.run_write(
             lambda s, p: self.create_in(p, resource, new_id(), moment), retry=True
@@ -255,11 +282,15 @@ class ResourceService:
         check_type(resource_type)
         check_id(resource_id)
         resource = self.parse(body, resource_type)
-        self.policy.authorize(caller, Action.UPDATE, resource_type, resource_id)
-        return self.run_write(
-            lambda s, p: self.update_in(s, p, resource, resource_id, self.clock(), if_match),
-            retry=if_match is None, version_aware=if_match is not None,
-        )
+        restriction = self.policy.authorize(caller, Action.UPDATE, resource_type, resource_id)
+        self.admit_write(restriction, resource)
+
+        def work(s: Session, p: PendingWrites) -> WriteResult:
+            if restriction is not None and s.read(resource_type, resource_id) is not None:
+                self.admit(s, restriction, resource_type, resource_id)
+            return self.update_in(s, p, resource, resource_id, self.clock(), if_match)
+
+        return self.run_write(work, retry=if_match is None, version_aware=if_match is not None)
 
     def update_in(
         self,
@@ -316,7 +347,10 @@ class ResourceService:
     ) -> WriteResult:
         check_type(resource_type)
         ops = parse_json(operations, "JSON Patch") if isinstance(operations, bytes) else operations
-        self.policy.authorize(caller, Action.PATCH, resource_type, resource_id)
+        if self.policy.authorize(caller, Action.PATCH, resource_type, resource_id) is not None:
+            # A patch could move a resource into another patient's record unseen: a
+            # restricted caller sends the whole resource (update), which is checked.
+            raise Forbidden("This access token changes resources by update, not patch")
         return self.run_write(
             lambda s, p: self.patch_in(
                 s, p, resource_type, resource_id, ops, self.clock(), if_match
@@ -369,11 +403,14 @@ class ResourceService:
         if_match: int | None = None,
     ) -> WriteResult | None:
         check_type(resource_type)
-        self.policy.authorize(caller, Action.DELETE, resource_type, resource_id)
-        return self.run_write(
-            lambda s, p: self.delete_in(s, p, resource_type, resource_id, self.clock(), if_match),
-            retry=if_match is None, version_aware=if_match is not None,
-        )
+        restriction = self.policy.authorize(caller, Action.DELETE, resource_type, resource_id)
+
+        def work(s: Session, p: PendingWrites) -> WriteResult | None:
+            if restriction is not None:
+                self.admit(s, restriction, resource_type, resource_id)
+            return self.delete_in(s, p, resource_type, resource_id, self.clock(), if_match)
+
+        return self.run_write(work, retry=if_match is None, version_aware=if_match is not None)
 
     def delete_in(
         self,
@@ -400,7 +437,8 @@ class ResourceService:
         return WriteResult(version, 204)
 
     def count(self, caller: Caller, resource_type: str | None = None) -> dict[str, int]:
-        self.policy.authorize(caller, Action.SEARCH, resource_type)
+        if self.policy.authorize(caller, Action.SEARCH, resource_type) is not None:
+            raise Forbidden("This access token cannot count the whole store")
         with self.repository.session() as session:
             return session.count_current(resource_type)
 

@@ -22,7 +22,8 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.search.compiler import Compiler
 from carebridge.search.query import SearchQuery, parse_query
-from carebridge.security.policy import Action, Caller
+from carebridge.security.narrowing import Narrowing
+from carebridge.security.policy import SYSTEM, Caller, Restriction
 from carebridge.services.resources import ResourceService, check_type
 from carebridge.storage.base import Session
 
@@ -105,10 +106,16 @@ class SearchService:
                             default_count=self.default_count, max_count=self.max_count)
         if compartment is not None and not query.resource_types:
             query.resource_types = _compartment_types(compartment[0])
-        for rtype in query.resource_types or (None,):
-            self.resources.policy.authorize(caller, Action.SEARCH, rtype)
+        # Authorization narrows the query itself (security.narrowing): a compartment
+        # condition and a granular scope's criteria are compiled into the SQL.
+        narrowing = Narrowing(self.resources.policy, caller)
+        narrowing.for_search(query.resource_types or (None,))
+        if narrowing.criteria:
+            query = parse_query(resource_type, [*params, *narrowing.criteria], strict=strict,
+                                default_count=self.default_count, max_count=self.max_count)
+            query.used = [u for u in query.used if u not in narrowing.criteria]
         with self.resources.repository.session() as session:
-            return self.run(session, query, compartment)
+            return self.run(session, query, compartment, narrowing)
 
     def match_ids(self, session: Session, resource_type: str, criteria: str,
                   limit: int = 2) -> list[str]:
@@ -124,13 +131,26 @@ class SearchService:
         rows = self._page(session, query, None, None)
         return [row[1] for row in rows[:limit]]
 
+    def admits(self, session: Session, resource_type: str, resource_id: str,
+               restriction: Restriction) -> bool:
+        """Whether one resource lies inside a restriction: the same narrowed query a search
+        would run, on its id."""
+        query = parse_query(resource_type, [("_id", resource_id), *restriction.criteria],
+                            strict=True, default_count=1)
+        narrowing = None
+        if restriction.patient is not None:
+            narrowing = Narrowing(self.resources.policy, SYSTEM, restriction.patient,
+                                  {resource_type})
+        return bool(self._page(session, query, None, None, narrowing))
+
     # ---------------------------------------------------------------- execution
 
     def _dialect_mark(self) -> str:
         return "?" if self.resources.repository.dialect == "sqlite" else "%s"
 
     def _filter(self, compiler: Compiler, query: SearchQuery,
-                compartment: tuple[str, str] | None) -> str:
+                compartment: tuple[str, str] | None,
+                narrowing: Narrowing | None = None) -> str:
         # A system search without _type covers every type: naming them all keeps the
         # resource type, the first column of every index, constrained.
         types = query.resource_types or _every_type()
@@ -143,7 +163,19 @@ class SearchService:
             conds.append(compiler.condition(types, criterion))
         if compartment is not None:
             conds.append(self._compartment(compiler, types, compartment))
+        if narrowing is not None and narrowing.patient is not None:
+            conds.append(self._narrow(compiler, types, narrowing))
         return " AND ".join(conds)
+
+    def _narrow(self, compiler: Compiler, types: tuple[str, ...], narrowing: Narrowing) -> str:
+        """A patient-bound caller sees bound types only inside its patient's compartment."""
+        assert narrowing.patient is not None
+        bound = tuple(t for t in types if t in narrowing.bound_types)
+        free = [t for t in types if t not in narrowing.bound_types]
+        inside = self._compartment(compiler, bound, ("Patient", narrowing.patient))
+        if not free:
+            return inside
+        return f"(r.resource_type IN ({compiler.marks(free)}) OR {inside})"
 
     def _compartment(self, compiler: Compiler, types: tuple[str, ...],
                      compartment: tuple[str, str]) -> str:
@@ -202,12 +234,12 @@ class SearchService:
         return keys
 
     def _page(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
-              cursor: str | None) -> list[tuple[Any, ...]]:
+              cursor: str | None, narrowing: Narrowing | None = None) -> list[tuple[Any, ...]]:
         """One page plus one row (that row tells whether there is more), in display order;
         each row is (type, id, body, key values...), the key values being the cursor."""
         compiler = Compiler(self._dialect_mark())
         keys = self._keys(compiler, query)
-        where = self._filter(compiler, query, compartment)
+        where = self._filter(compiler, query, compartment, narrowing)
         limit = compiler.p(query.count + 1)
         if all(k.plain for k in keys):
             # Plain columns: the keyset condition is a range on the primary key index, and
@@ -289,14 +321,15 @@ class SearchService:
         return "(" + " OR ".join(ors) + ")"
 
     def run(self, session: Session, query: SearchQuery,
-             compartment: tuple[str, str] | None) -> SearchResult:
+            compartment: tuple[str, str] | None,
+            narrowing: Narrowing | None = None) -> SearchResult:
         result = SearchResult(query)
         want_total = query.total in ("accurate", "estimate") or query.summary == "count" or (
             query.total is None and query.cursor is None)
         if query.summary == "count" or query.count == 0:
-            result.total = self._count(session, query, compartment)
+            result.total = self._count(session, query, compartment, narrowing)
             return result
-        rows = self._page(session, query, compartment, query.cursor)
+        rows = self._page(session, query, compartment, query.cursor, narrowing)
         backwards = query.cursor is not None and query.cursor.startswith("p")
         more = len(rows) > query.count
         if more:
@@ -304,7 +337,8 @@ class SearchService:
         if want_total:
             # A first page that holds every match is its own count.
             whole = query.cursor is None and not more
-            result.total = len(rows) if whole else self._count(session, query, compartment)
+            result.total = len(rows) if whole else self._count(
+                session, query, compartment, narrowing)
         result.matches = [Match(row[0], row[1], bytes(row[2])) for row in rows]
         if rows:
             first, last = list(rows[0][3:]), list(rows[-1][3:])
@@ -312,20 +346,20 @@ class SearchService:
                 result.next_cursor = _encode_cursor("n", last)
             if query.cursor is not None and (more or not backwards):
                 result.previous_cursor = _encode_cursor("p", first)
-        result.included = self._includes(session, query, result.matches)
+        result.included = self._includes(session, query, result.matches, narrowing)
         return result
 
     def _count(self, session: Session, query: SearchQuery,
-               compartment: tuple[str, str] | None) -> int:
+               compartment: tuple[str, str] | None, narrowing: Narrowing | None = None) -> int:
         compiler = Compiler(self._dialect_mark())
-        where = self._filter(compiler, query, compartment)
+        where = self._filter(compiler, query, compartment, narrowing)
         return int(session.query(*compiler.finish(
             f"SELECT count(*) FROM resource r WHERE {where}"))[0][0])
 
     # ---------------------------------------------------------------- includes
 
     def _includes(self, session: Session, query: SearchQuery,
-                  matches: list[Match]) -> list[Match]:
+                  matches: list[Match], narrowing: Narrowing | None = None) -> list[Match]:
         if not (query.include or query.revinclude) or not matches:
             return []
         mark = self._dialect_mark()
@@ -342,7 +376,8 @@ class SearchService:
                 if first or spec[3]:
                     wanted |= self._reverse(session, mark, spec, frontier)
             wanted -= seen
-            fetched = self._fetch(session, mark, sorted(wanted))[: MAX_INCLUDES - len(included)]
+            fetched = self._fetch(session, mark, sorted(wanted), narrowing)[
+                : MAX_INCLUDES - len(included)]
             seen |= {(m.resource_type, m.id) for m in fetched}
             included += fetched
             frontier = fetched
@@ -392,15 +427,26 @@ class SearchService:
             f"({conds[0]}){''.join(' AND ' + c for c in conds[1:])}"))
         return {(r[0], r[1]) for r in rows}
 
-    def _fetch(self, session: Session, mark: str,
-               keys: list[tuple[str, str]]) -> list[Match]:
+    def _fetch(self, session: Session, mark: str, keys: list[tuple[str, str]],
+               narrowing: Narrowing | None = None) -> list[Match]:
+        extra = ""
+        compiler = Compiler(mark)
+        if narrowing is not None:
+            # Only types the caller may read are fetched; patient-bound ones through the
+            # compartment condition (the same narrowing as the search itself).
+            allowed = {t: narrowing.includable(t) for t, _ in keys}
+            keys = [(t, i) for t, i in keys if allowed[t] is not False]
+            bound = {t for t, a in allowed.items() if isinstance(a, Restriction) and a.patient}
+            if bound:
+                inner = Narrowing(narrowing.policy, narrowing.caller, narrowing.patient, bound)
+                extra = " AND " + self._narrow(compiler, tuple(sorted({t for t, _ in keys})),
+                                               inner)
         if not keys:
             return []
-        compiler = Compiler(mark)
         fake = [Match(t, i, b"") for t, i in keys]
         rows = session.query(*compiler.finish(
             "SELECT r.resource_type, r.id, r.body FROM resource r WHERE NOT r.deleted AND ("
-            + self._pairs(compiler, fake, "r.resource_type", "r.id") + ")"))
+            + self._pairs(compiler, fake, "r.resource_type", "r.id") + ")" + extra))
         return [Match(r[0], r[1], bytes(r[2]), "include") for r in rows]
 
 

@@ -23,9 +23,18 @@ class ServerProcess:
     """``with ServerProcess("sqlite:///x.db") as server: server.base_url`` -> .../fhir"""
 
     def __init__(self, database_url: str, *, extra_args: tuple[str, ...] = (),
-                 program: tuple[str, ...] | None = None, start_timeout: float = 60.0) -> None:
+                 program: tuple[str, ...] | None = None, start_timeout: float = 60.0,
+                 secure: bool = False, env: dict[str, str] | None = None) -> None:
         """``program`` replaces ``python -m carebridge serve`` (it must take the same
-        ``--database``, ``--host`` and ``--port`` options), e.g. a benchmark's own variant."""
+        ``--database``, ``--host`` and ``--port`` options), e.g. a benchmark's own variant.
+
+        By default the server runs with authentication OFF (``CAREBRIDGE_INSECURE_DEV=1``, the
+        environment form of ``--insecure-dev``; it listens on 127.0.0.1 only), so tests and
+        benchmarks of other parts need no tokens. ``secure=True`` runs it as deployed: bearer
+        tokens required (see :mod:`carebridge.security`). ``env`` adds environment variables.
+        """
+        self.secure = secure
+        self.extra_env = dict(env or {})
         self.database_url = database_url
         self.extra_args = extra_args
         self.program = program or (sys.executable, "-m", "carebridge", "serve")
@@ -50,6 +59,9 @@ class ServerProcess:
         command = [*self.program, "--database", self.database_url,
                    "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBRIDGE_")}
+        if not self.secure:
+            env["CAREBRIDGE_INSECURE_DEV"] = "1"
+        env.update(self.extra_env)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=env)
         deadline = time.monotonic() + self.start_timeout
