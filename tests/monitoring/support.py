@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
-from carebridge.monitoring.runtime import Monitoring
+from carebridge.events.outbox import OutboxRepository
+from carebridge.monitoring.runtime import Monitoring, MonitoringSettings
 from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
+from carebridge.storage import open_repository
 
 
 @dataclass
@@ -46,3 +52,63 @@ class Ward:
 def minutes_ago(minutes: float) -> str:
     moment = datetime.now(UTC) - timedelta(minutes=minutes)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class LiveServer:
+    """The ASGI app with monitoring on a real uvicorn server in a thread (real sockets)."""
+
+    def __init__(self, monitoring: Monitoring) -> None:
+        import uvicorn
+
+        from carebridge.api import create_api
+        from carebridge.testing import free_port
+
+        self.port = free_port()
+        app = create_api(monitoring.service, monitoring=monitoring)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def ward(database_url: str) -> Iterator[Ward]:
+    repository = OutboxRepository(open_repository(database_url))
+    service = ResourceService(repository)
+    monitoring = Monitoring(service, MonitoringSettings(offline_after=timedelta(seconds=1)))
+    patient_id = service.create(SYSTEM, "Patient", {"resourceType": "Patient"}).version.id
+    w = Ward(monitoring, service, patient_id, "", "")
+    w.device_id, w.secret = w.add_device()
+    w.settle()
+    try:
+        yield w
+    finally:
+        monitoring.stop()
+        repository.close()

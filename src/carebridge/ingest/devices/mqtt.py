@@ -72,6 +72,12 @@ class MqttIngest:
         self.client.on_message = self._on_message
         self.connected = threading.Event()
         self.received = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -80,8 +86,17 @@ class MqttIngest:
                             properties=props)
         self.client.loop_start()
 
-    def stop(self) -> None:
-        self.client.disconnect()
+    def stop(self, drain: float = 10.0) -> None:
+        """Stop taking messages, wait until those taken are committed and acknowledged,
+        then end the session (expiry 0) so the broker stops queueing for this worker."""
+        self.client.unsubscribe([f"$share/{self.group}/{OBSERVATIONS}",
+                                 f"$share/{self.group}/{HEARTBEAT}"])
+        deadline = time.monotonic() + drain
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
@@ -130,16 +145,20 @@ class MqttIngest:
         return PreparedReadings(device_id, [], number("battery"), number("signal"))
 
     def _submit(self, prepared: PreparedReadings, message: mqtt.MQTTMessage) -> None:
+        self._count(1)
         future = self.gateway.submit(prepared)
 
         def done(result: Future[IngestResult]) -> None:
             error = result.exception()
             if error is None:
                 self.client.ack(message.mid, message.qos)  # after the commit
+                self._count(-1)
             elif isinstance(error, FhirError):
                 self._reject(prepared.device_id, message, error)
                 self.client.ack(message.mid, message.qos)
-            else:  # storage trouble: keep it unacknowledged and try again shortly
+                self._count(-1)
+            else:
+                self._count(-1)  # storage trouble: stay unacknowledged, retry shortly
                 log.warning("storing readings of Device/%s failed (%s); retrying",
                             prepared.device_id, error)
                 threading.Timer(1.0, self._submit, (prepared, message)).start()
