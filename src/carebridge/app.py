@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
 from carebridge.api import create_api
+from carebridge.api.middleware import ApiSecurity
 from carebridge.config import Settings
 from carebridge.ingest.hl7v2.listener import MllpSettings, attach_listener
+from carebridge.security.authority import Authority
+from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
+from carebridge.security.tokens import ExternalIssuer
 from carebridge.services.resources import ResourceService
 from carebridge.storage import Repository, open_repository
+
+log = logging.getLogger("carebridge.security")
+
+
+class InsecureRefused(Exception):
+    """``--insecure-dev`` was asked for on an address other hosts can reach."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -19,16 +40,37 @@ class Application:
     repository: Repository
     service: ResourceService
     asgi: Starlette
+    authority: Authority | None = None
 
 
 def build_application(settings: Settings) -> Application:
+    if settings.insecure_dev and not is_loopback(settings.host):
+        raise InsecureRefused(
+            f"--insecure-dev turns authentication off and is only allowed on a loopback"
+            f" address, not {settings.host!r}")
     repository = open_repository(settings.database_url)
-    service = ResourceService(repository)
+    authority: Authority | None = None
+    policy: AccessPolicy
+    if settings.insecure_dev:
+        log.warning("AUTHENTICATION IS OFF (--insecure-dev): every request may do anything")
+        policy = AllowAll()
+        security = ApiSecurity(insecure=True)
+    else:
+        external: tuple[ExternalIssuer, ...] = ()
+        if settings.oidc_issuer and settings.oidc_jwks_url:
+            external = (ExternalIssuer(settings.oidc_issuer, settings.oidc_jwks_url,
+                                       settings.oidc_audience or settings.base_url + "/fhir"),)
+        authority = Authority.open(repository, settings.base_url, external=external)
+        policy = SmartPolicy()
+        security = ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
+                               cors_origins=settings.cors_origins)
+    service = ResourceService(repository, policy=policy)
     asgi = create_api(
-        service, max_body_bytes=settings.max_body_bytes, on_shutdown=repository.close
+        service, max_body_bytes=settings.max_body_bytes, on_shutdown=repository.close,
+        security=security,
     )
     if settings.mllp_port is not None:  # HL7 v2 listener in the app's lifespan
         attach_listener(asgi, service, MllpSettings(
             settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
             settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key))
-    return Application(settings, repository, service, asgi)
+    return Application(settings, repository, service, asgi, authority)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -13,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carebridge.app import build_application
+from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir
 from carebridge.ingest.hl7v2.commands import hl7_app
@@ -40,15 +42,30 @@ MllpPort = Annotated[int | None, typer.Option(
 
 
 def _serve(settings: Settings) -> None:
-    application = build_application(settings)
+    if os.environ.get("CAREBRIDGE_INSECURE_DEV") == "1" and not settings.insecure_dev:
+        # Set by carebridge.testing.ServerProcess for programs that build their own Settings
+        # (benchmarks); still loopback only and announced like the option.
+        settings = dataclasses.replace(settings, insecure_dev=True)
+    try:
+        application = build_application(settings)
+    except InsecureRefused as exc:
+        console.print(f"[bold red]refused:[/] {exc}")
+        raise typer.Exit(2) from None
+    scheme = "https" if settings.tls_cert else "http"
     console.print(
-        f"[bold green]carebridge[/] FHIR R4 at http://{settings.host}:{settings.port}/fhir"
+        f"[bold green]carebridge[/] FHIR R4 at {scheme}://{settings.host}:{settings.port}/fhir"
         f"  (database: {_redact(settings.database_url)})"
     )
     if settings.mllp_port is not None:
         console.print(f"  HL7 v2 over MLLP at {settings.host}:{settings.mllp_port}")
+    if settings.insecure_dev:
+        console.print("[bold white on red] INSECURE DEVELOPMENT MODE: authentication and "
+                      "access control are OFF. Loopback only; never use with real data. [/]")
+    else:
+        console.print(f"  authentication required; SMART configuration at "
+                      f"{settings.base_url}/fhir/.well-known/smart-configuration")
     uvicorn.run(application.asgi, host=settings.host, port=settings.port, log_level="warning",
-                access_log=False)
+                access_log=False, ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
 
 
 def _redact(url: str) -> str:
@@ -59,13 +76,40 @@ def _redact(url: str) -> str:
     return url
 
 
+InsecureDev = Annotated[bool, typer.Option(
+    "--insecure-dev", envvar="CAREBRIDGE_INSECURE_DEV",
+    help="turn authentication OFF (loopback addresses only; development)")]
+PublicUrl = Annotated[str | None, typer.Option(
+    envvar="CAREBRIDGE_PUBLIC_URL", help="the URL clients reach this server at (token issuer)")]
+TlsCert = Annotated[str | None, typer.Option(envvar="CAREBRIDGE_TLS_CERT",
+                                             help="PEM certificate: serve HTTPS")]
+TlsKey = Annotated[str | None, typer.Option(envvar="CAREBRIDGE_TLS_KEY",
+                                            help="PEM private key of --tls-cert")]
+CorsOrigin = Annotated[list[str] | None, typer.Option(
+    "--cors-origin", help="a browser origin allowed to call the API (repeatable)")]
+
+
+def security_settings(insecure_dev: bool = False, public_url: str | None = None,
+                      tls_cert: str | None = None, tls_key: str | None = None,
+                      cors_origin: list[str] | None = None) -> dict[str, Any]:
+    return {"insecure_dev": insecure_dev, "public_url": public_url, "tls_cert": tls_cert,
+            "tls_key": tls_key, "cors_origins": tuple(cors_origin or ()),
+            "master_key_file": os.environ.get("CAREBRIDGE_MASTER_KEY_FILE"),
+            "oidc_issuer": os.environ.get("CAREBRIDGE_OIDC_ISSUER"),
+            "oidc_jwks_url": os.environ.get("CAREBRIDGE_OIDC_JWKS_URL"),
+            "oidc_audience": os.environ.get("CAREBRIDGE_OIDC_AUDIENCE")}
+
+
 @app.command()
 def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           mllp_port: MllpPort = None,
-          port: Port = 8080) -> None:
-    """Run the FHIR server."""
+          port: Port = 8080, insecure_dev: InsecureDev = False, public_url: PublicUrl = None,
+          tls_cert: TlsCert = None, tls_key: TlsKey = None,
+          cors_origin: CorsOrigin = None) -> None:
+    """Run the FHIR server (bearer tokens required; see docs/security.md)."""
     _serve(Settings(mllp_port=mllp_port,
-                    database_url=database, host=host, port=port))
+                    database_url=database, host=host, port=port, **security_settings(
+        insecure_dev, public_url, tls_cert, tls_key, cors_origin)))
 
 
 @app.command()

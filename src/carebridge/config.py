@@ -19,3 +19,23 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     mllp_tls_cert: str | None = None
     mllp_tls_key: str | None = None
+    # Security (docs/security.md). Authentication is on unless insecure_dev, which is
+    # refused on anything but a loopback address.
+    insecure_dev: bool = False
+    public_url: str | None = None  # the URL clients use, e.g. https://fhir.example.org
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    master_key_file: str | None = None  # or CAREBRIDGE_MASTER_KEY (base64, 32 bytes)
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The server's public origin (no trailing slash): token issuer and audience root."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
