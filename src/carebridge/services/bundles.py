@@ -411,7 +411,8 @@ class BundleProcessor:
                 else service.read_in(session, entry.resource_type, rid)
             )
             return Outcome("200 OK", found)
-        return Outcome(_STATUS_TEXT[result.status], result.version)
+        # Validation warnings ride along as the entry's response.outcome.
+        return Outcome(_STATUS_TEXT[result.status], result.version, result.outcome())
 
     def _search(self, session: Session, entry: Entry) -> Outcome:
         from carebridge.search.query import parse_query

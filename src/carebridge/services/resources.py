@@ -23,9 +23,11 @@ from carebridge.fhir.errors import (
     Conflict,
     Forbidden,
     Gone,
+    Issue,
     NotFound,
     PreconditionFailed,
     Unprocessable,
+    operation_outcome,
 )
 from carebridge.fhir.resource import (
     Resource,
@@ -39,6 +41,7 @@ from carebridge.fhir.resource import (
 from carebridge.search.index import index_rows
 from carebridge.security.narrowing import references_patient
 from carebridge.security.policy import AccessPolicy, Action, AllowAll, Caller, Restriction
+from carebridge.services.validation import WriteValidation
 from carebridge.storage.base import (
     HistoryPage,
     HistoryQuery,
@@ -62,6 +65,11 @@ class WriteResult:
     version: StoredVersion
     status: int  # 201 created, 200 updated/unchanged, 204 deleted/nothing to delete
     changed: bool = True
+    issues: tuple[Issue, ...] = ()  # validation warnings (errors reject the write)
+
+    def outcome(self) -> dict[str, Any] | None:
+        """The warnings as an OperationOutcome, or None when there are none."""
+        return operation_outcome(list(self.issues)) if self.issues else None
 
 
 @dataclass
@@ -70,6 +78,10 @@ class PendingWrites:
 
     writes: list[Write] = field(default_factory=list)
     flushed: int = 0
+    issues: dict[tuple[str, str], tuple[Issue, ...]] = field(default_factory=dict)
+
+    def issues_of(self, version: StoredVersion) -> tuple[Issue, ...]:
+        return self.issues.get((version.resource_type, version.id), ())
 
     def flush(self, session: Session) -> None:
         """Store what is not stored yet, so later reads in this transaction see it."""
@@ -100,11 +112,13 @@ class ResourceService:
         policy: AccessPolicy | None = None,
         events: EventBus | None = None,
         clock: Callable[[], datetime] = now_instant,
+        validation: WriteValidation | None = None,
     ) -> None:
         self.repository = repository
         self.policy: AccessPolicy = policy or AllowAll()
         self.events: EventBus = events or InProcessEventBus()
         self.clock = clock
+        self.validation = validation or WriteValidation(repository)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -144,16 +158,31 @@ class ResourceService:
         method: Method,
         moment: datetime,
         expected_version: int | None,
+        *,
+        validate: bool = True,
     ) -> StoredVersion:
-        """Queue a new version (``resource`` None: a deletion) with its search index rows."""
+        """Queue a new version (``resource`` None: a deletion) with its search index rows.
+
+        Every version is validated here (services/validation.py): errors raise, warnings are
+        kept in a Provenance staged with it.
+        """
         body = None
         index = None
+        warnings: list[Issue] = []
         if resource is not None:
             stored = with_meta(resource, resource_id, version, moment)
+            if validate:
+                warnings = self.validation.check(stored)
             body = orjson.dumps(stored)
             index = index_rows(stored)
         new = StoredVersion(resource_type, resource_id, version, moment, method, body)
         pending.writes.append(Write(new, expected_version, index))
+        self.validation.stored(resource_type, resource)
+        if warnings:
+            pending.issues[(resource_type, resource_id)] = tuple(warnings)
+            record = self.validation.provenance(new, warnings, moment)
+            self.stage(pending, record, "Provenance", record["id"], 1, "POST", moment, None,
+                       validate=False)
         return new
 
     def parse(self, body: bytes | Resource, resource_type: str | None) -> Resource:
@@ -268,7 +297,7 @@ class ResourceService:
         version = self.stage(
             pending, resource, resource["resourceType"], resource_id, 1, "POST", moment, None
         )
-        return WriteResult(version, 201)
+        return WriteResult(version, 201, issues=pending.issues_of(version))
 
     def update(
         self,
@@ -325,7 +354,7 @@ class ResourceService:
             version = self.stage(
                 pending, resource, resource_type, resource_id, 1, method, moment, None
             )
-            return WriteResult(version, 201)
+            return WriteResult(version, 201, issues=pending.issues_of(version))
         if not current.deleted and current.body is not None and _same_content(
             current.body, resource
         ):
@@ -334,7 +363,8 @@ class ResourceService:
             pending, resource, resource_type, resource_id, current.version + 1, method, moment,
             current.version,
         )
-        return WriteResult(version, 201 if current.deleted else 200)
+        return WriteResult(version, 201 if current.deleted else 200,
+                           issues=pending.issues_of(version))
 
     def patch(
         self,

@@ -113,6 +113,13 @@ class Validator:
         self._external[url] = (version, compiled)
         return compiled
 
+    def base_definition(self, url: str) -> dict[str, Any] | None:
+        """A StructureDefinition to derive from: core, or one the profile source knows."""
+        try:
+            return registry.structure_definition(url)
+        except KeyError:
+            return self.profile_source(url) if self.profile_source is not None else None
+
     def forget(self, url: str) -> None:
         """Drop a cached uploaded profile (after its StructureDefinition changed)."""
         self._external.pop(url.split("|", 1)[0], None)
