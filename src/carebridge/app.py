@@ -11,7 +11,9 @@ from starlette.applications import Starlette
 from carebridge.api import create_api
 from carebridge.api.middleware import ApiSecurity
 from carebridge.config import Settings
+from carebridge.events.outbox import OutboxRepository
 from carebridge.ingest.hl7v2.listener import MllpSettings, attach_listener
+from carebridge.monitoring.runtime import Monitoring, MonitoringSettings
 from carebridge.security.authority import Authority
 from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
 from carebridge.security.tokens import ExternalIssuer
@@ -41,6 +43,7 @@ class Application:
     service: ResourceService
     asgi: Starlette
     authority: Authority | None = None
+    monitoring: Monitoring | None = None
 
 
 def build_application(settings: Settings) -> Application:
@@ -48,7 +51,8 @@ def build_application(settings: Settings) -> Application:
         raise InsecureRefused(
             f"--insecure-dev turns authentication off and is only allowed on a loopback"
             f" address, not {settings.host!r}")
-    repository = open_repository(settings.database_url)
+    # Every write also fills the transactional outbox the monitoring engine consumes.
+    repository: Repository = OutboxRepository(open_repository(settings.database_url))
     authority: Authority | None = None
     policy: AccessPolicy
     if settings.insecure_dev:
@@ -65,12 +69,15 @@ def build_application(settings: Settings) -> Application:
         security = ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
                                cors_origins=settings.cors_origins)
     service = ResourceService(repository, policy=policy)
+    monitoring = None
+    if settings.monitoring:
+        monitoring = Monitoring(service, MonitoringSettings(mqtt_url=settings.mqtt_url))
     asgi = create_api(
         service, max_body_bytes=settings.max_body_bytes, on_shutdown=repository.close,
-        security=security,
+        security=security, monitoring=monitoring,
     )
     if settings.mllp_port is not None:  # HL7 v2 listener in the app's lifespan
         attach_listener(asgi, service, MllpSettings(
             settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
             settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key))
-    return Application(settings, repository, service, asgi, authority)
+    return Application(settings, repository, service, asgi, authority, monitoring)

@@ -19,6 +19,9 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     mllp_tls_cert: str | None = None
     mllp_tls_key: str | None = None
+    # Remote monitoring (docs/monitoring.md): MQTT device ingest when set (mqtt://host:port).
+    mqtt_url: str | None = None
+    monitoring: bool = True
     # Security (docs/security.md). Authentication is on unless insecure_dev, which is
     # refused on anything but a loopback address.
     insecure_dev: bool = False
