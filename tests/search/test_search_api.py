@@ -25,6 +25,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from carebridge.api import create_api
+from carebridge.search import planner
 from carebridge.services import ResourceService
 from carebridge.storage import open_repository
 
@@ -282,6 +283,17 @@ def _load(client: TestClient, clock: Clock) -> None:
                "gender": "male", "birthDate": "2000-02-29"}
     assert client.put("/fhir/Patient/p5", json=updated).status_code == 200
     assert client.delete("/fhir/Patient/p6").status_code == 204
+
+
+@pytest.fixture(scope="module", autouse=True, params=["planned", "walked"])
+def plan(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every case runs under both plans of search.planner: as planned (on this small set a
+    criterion always leads), and with no criterion ever leading (``cap`` 0), so the index
+    walks and per-row checks that large databases use must give the same answers."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "walked":
+            patch.setattr(planner, "DEFAULT_CAP", 0)
+        yield request.param
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,9 @@ def rank(criterion: Criterion) -> int:
 
 
 def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[Criterion],
-                cap: int = DEFAULT_CAP) -> Lead:
+                cap: int | None = None) -> Lead:
     """Probe the candidate criteria (most promising first) and pick the one to lead with."""
+    cap = DEFAULT_CAP if cap is None else cap
     candidates = sorted((rank(c), n) for n, c in enumerate(criteria) if rank(c) < 99)
     best: Lead = Lead(None, cap)
     for order, n in candidates:
