@@ -967,7 +967,7 @@ def named_patients(name: str) -> tuple[str, tuple[Any, ...], str]:
 class Select:
     """``rtype`` resources matching every part (index tables joined on id, each restricted
     to ``rtype``), in the product's order: the ``_sort`` key (a date's MAX(high) descending
-    or MIN(low) ascending; one date row per resource here), then id. Without parts the
+    or MIN(low) ascending; one date row per resource here), then id in the same direction. Without parts the
     ``resource`` table drives, with ``where`` as extra conditions on it (``r``).
 
     ``fixed=True`` keeps the join order as written (SQLite: CROSS JOIN; PostgreSQL plans as
@@ -1035,7 +1035,8 @@ class Select:
                               " r.resource_type = a0.resource_type AND r.id = a0.id")
             self.page_conds = [self._where(items)]
             self.page_params = self._params(items)
-            self.order.append(("a0.id", False))
+            # ties by id in the sort's direction, as the product breaks them
+            self.order.append(("a0.id", bool(sort and sort[1])))
         else:
             self.page_from = "resource r"
             self.page_conds = [f"r.resource_type = ? AND NOT r.deleted{extra}"]
