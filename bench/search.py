@@ -967,8 +967,8 @@ def named_patients(name: str) -> tuple[str, tuple[Any, ...], str]:
 class Select:
     """``rtype`` resources matching every part (index tables joined on id, each restricted
     to ``rtype``), in the product's order: the ``_sort`` key (a date's MAX(high) descending
-    or MIN(low) ascending; one date row per resource here), then id in the same direction. Without parts the
-    ``resource`` table drives, with ``where`` as extra conditions on it (``r``).
+    or MIN(low) ascending; one date row per resource here), then id in the same direction.
+    Without parts the ``resource`` table drives, with ``where`` as extra conditions on it.
 
     ``fixed=True`` keeps the join order as written (SQLite: CROSS JOIN; PostgreSQL plans as
     it likes), as a developer who knows the data does when SQLite's planner guesses wrong;
