@@ -18,6 +18,7 @@ from carebridge.security.authority import Authority
 from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
 from carebridge.security.tokens import ExternalIssuer
 from carebridge.services.resources import ResourceService
+from carebridge.services.validation import WriteValidation
 from carebridge.storage import Repository, open_repository
 
 log = logging.getLogger("carebridge.security")
@@ -68,7 +69,8 @@ def build_application(settings: Settings) -> Application:
         policy = SmartPolicy()
         security = ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
                                cors_origins=settings.cors_origins)
-    service = ResourceService(repository, policy=policy)
+    service = ResourceService(repository, policy=policy,
+                              validation=WriteValidation(repository, settings.validation))
     monitoring = None
     if settings.monitoring:
         monitoring = Monitoring(service, MonitoringSettings(mqtt_url=settings.mqtt_url))

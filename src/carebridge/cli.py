@@ -22,6 +22,7 @@ from carebridge.ingest.hl7v2.commands import hl7_app
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
+from carebridge.services.validation import MODES, WriteValidation
 from carebridge.storage import open_repository
 from carebridge.storage.base import HistoryQuery
 from carebridge.storage.factory import DEFAULT_DATABASE_URL
@@ -89,6 +90,18 @@ CorsOrigin = Annotated[list[str] | None, typer.Option(
     "--cors-origin", help="a browser origin allowed to call the API (repeatable)")]
 
 
+ValidationMode = Annotated[str, typer.Option(
+    "--validation", envvar="CAREBRIDGE_VALIDATION",
+    help="strict: reject invalid resources (default); warn: store them and keep the errors "
+         "as warnings; off: check only the top-level shape (docs/validation.md)")]
+
+
+def _validation_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--validation")
+    return mode
+
+
 def security_settings(insecure_dev: bool = False, public_url: str | None = None,
                       tls_cert: str | None = None, tls_key: str | None = None,
                       cors_origin: list[str] | None = None) -> dict[str, Any]:
@@ -104,10 +117,12 @@ def security_settings(insecure_dev: bool = False, public_url: str | None = None,
 def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           mllp_port: MllpPort = None,
           port: Port = 8080, insecure_dev: InsecureDev = False, public_url: PublicUrl = None,
+          validation: ValidationMode = "strict",
           tls_cert: TlsCert = None, tls_key: TlsKey = None,
           cors_origin: CorsOrigin = None) -> None:
     """Run the FHIR server (bearer tokens required; see docs/security.md)."""
-    _serve(Settings(mllp_port=mllp_port,
+    _serve(Settings(validation=_validation_mode(validation),
+                    mllp_port=mllp_port,
                     database_url=database, host=host, port=port, **security_settings(
         insecure_dev, public_url, tls_cert, tls_key, cors_origin)))
 
@@ -126,10 +141,12 @@ def migrate(database: Database = DEFAULT_DATABASE_URL) -> None:
     console.print(f"schema version {version}")
 
 
-def import_paths(database: str, paths: list[Path], quiet: bool = False) -> list[FileResult]:
+def import_paths(database: str, paths: list[Path], quiet: bool = False,
+                 validation: str = "strict") -> list[FileResult]:
     repo = open_repository(database)
     try:
-        importer = Importer(ResourceService(repo), SYSTEM)
+        service = ResourceService(repo, validation=WriteValidation(repo, validation))
+        importer = Importer(service, SYSTEM)
         files_to_load = expand_paths(paths)
         results: list[FileResult] = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -153,6 +170,7 @@ def import_paths(database: str, paths: list[Path], quiet: bool = False) -> list[
 def import_(
     paths: Annotated[list[Path], typer.Argument(exists=True, help="files or folders")],
     database: Database = DEFAULT_DATABASE_URL,
+    validation: ValidationMode = "strict",
 ) -> None:
     """Load transaction/batch bundles, resources or NDJSON files (or folders of them).
 
@@ -160,7 +178,7 @@ def import_(
     file failed.
     """
     started = time.perf_counter()
-    results = import_paths(database, paths)
+    results = import_paths(database, paths, validation=_validation_mode(validation))
     loaded = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]
     by_type: dict[str, int] = {}
@@ -209,6 +227,26 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
         console.print(f"  http://{host}:{port}/fhir/Patient/{version.id}")
     _serve(Settings(mllp_port=mllp_port,
                     database_url=database, host=host, port=port))
+
+
+quality = typer.Typer(help="Data quality across the store", no_args_is_help=True)
+app.add_typer(quality, name="quality")
+
+
+@quality.command("report")
+def quality_report(database: Database = DEFAULT_DATABASE_URL,
+                   limit: Annotated[int, typer.Option(help="examples listed per rule")] = 3,
+                   ) -> None:
+    """Validate and check every current resource; summarise the issues by resource type,
+    rule and severity (docs/validation.md)."""
+    from carebridge.quality.report import build_report, render_report
+
+    repo = open_repository(database)
+    try:
+        report = build_report(repo)
+    finally:
+        repo.close()
+    render_report(report, console, limit)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 64 * 1024 * 1024
+    # Validation on write (docs/validation.md): strict | warn | off.
+    validation: str = "strict"
     # HL7 v2 over MLLP (docs/hl7v2.md): off unless a port is set.
     mllp_port: int | None = None
     mllp_max_frame_bytes: int = 1024 * 1024

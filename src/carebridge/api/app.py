@@ -70,6 +70,8 @@ def create_api(
         Route("/fhir/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/_history", fhir.history, methods=["GET"]),
         Route("/fhir/{type}/_search", fhir.search, methods=["POST"]),
+        Route("/fhir/{type}/$validate", fhir.validate, methods=["POST"]),
+        Route("/fhir/{type}/{id}/$validate", fhir.validate, methods=["POST"]),
         # Reads first among the instance routes: the hottest path matches early.
         Route("/fhir/{type}/{id}", fhir.read, methods=["GET"]),
         Route("/fhir/{type}/{id}/_history", fhir.history, methods=["GET"]),

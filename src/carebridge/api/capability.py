@@ -54,6 +54,9 @@ def _resources() -> tuple[dict[str, Any], ...]:
             "searchInclude": ["*", *_includes(rtype)],
             "searchRevInclude": sorted(references.get(rtype, [])),
             "searchParam": _search_params(rtype),
+            # Validation (docs/validation.md): type and instance level, mode and profile.
+            "operation": [{"name": "validate", "definition":
+                           "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         }
         for rtype in sorted(registry.resource_types())
     )

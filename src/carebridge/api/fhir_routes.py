@@ -32,6 +32,7 @@ from carebridge.services.bundles import BundleProcessor
 from carebridge.services.conditional import ConditionalWrites
 from carebridge.services.resources import ResourceService, WriteResult, check_type
 from carebridge.services.search import SearchService, search_bundle
+from carebridge.services.validation import validate_operation
 from carebridge.storage.base import HistoryPage, StoredVersion
 
 _COMPARTMENTS = {"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"}
@@ -101,9 +102,26 @@ class FhirRoutes:
             verb = "created" if result.status == 201 else (
                 "updated" if result.changed else "unchanged (same content)")
             message = f"{version.resource_type}/{version.id} {verb}, version {version.version}"
-            return fhir_json(information(message), result.status, headers,
-                             pretty=neg.pretty(request))
+            outcome = information(message)
+            outcome["issue"] += [issue.to_json() for issue in result.issues]  # warnings
+            return fhir_json(outcome, result.status, headers, pretty=neg.pretty(request))
         return self._resource_response(request, version, result.status, headers)
+
+    async def validate(self, request: Request) -> Response:
+        """``$validate`` at type and instance level
+        (http://hl7.org/fhir/R4/resource-operation-validate.html): 200 with an
+        OperationOutcome listing every issue; ``mode`` and ``profile`` from the query or a
+        Parameters body."""
+        neg.check_accept(request)
+        p = request.path_params
+        check_type(p["type"])
+        raw = await neg.read_body(request, self.max_body_bytes)
+        body = parse_json(raw) if raw.strip() else None
+        q = request.query_params
+        outcome = await run_in_threadpool(
+            validate_operation, self.service, self.caller(request), p["type"], body,
+            p.get("id"), q.get("mode"), q.get("profile"))
+        return fhir_json(outcome, pretty=neg.pretty(request))
 
     # ------------------------------------------------------------ instance level
 
