@@ -132,6 +132,7 @@ def _encounter(message: Message, pv1: Segment, event: str, patient: Entry,
         period["end"] = end
     if event == "A13":
         period.pop("end", None)
+    period = _period(period.get("start"), period.get("end"))
     if period:
         encounter["period"] = period
     locations = _locations(old.get("location", []), pv1, event, when)
@@ -162,8 +163,19 @@ def _status(event: str, pv1: Segment, patient_class: str, old: Json) -> str:
 
 def _closed(history: list[Any], old: Json, when: str | None) -> Json:
     start = history[-1]["period"].get("end") if history else old.get("period", {}).get("start")
-    start = start or when
-    return {k: v for k, v in (("start", start), ("end", when)) if v}
+    return _period(start or when, when)
+
+
+def _period(start: str | None, end: str | None) -> Json:
+    """A Period; a start after the end (events that arrive out of order) is left out, as
+    R4 per-1 requires start <= end."""
+    if start and end and _instant_key(start) > _instant_key(end):
+        start = None
+    return {k: v for k, v in (("start", start), ("end", end)) if v}
+
+
+def _instant_key(value: str) -> str:
+    return value.replace("Z", "+00:00")
 
 
 def _locations(old: list[Any], pv1: Segment, event: str, when: str | None) -> list[Json]:
@@ -178,7 +190,7 @@ def _locations(old: list[Any], pv1: Segment, event: str, when: str | None) -> li
                 if loc.get("status") in ("active", "planned"):
                     loc["status"] = "completed"
                     if when:
-                        loc["period"] = {**loc.get("period", {}), "end": when}
+                        loc["period"] = _period(loc.get("period", {}).get("start"), when)
             status = "planned" if pv1.value(2).upper() == "P" or event == "A05" else "active"
             entry: Json = {"location": here, "status": status}
             if when:
@@ -192,7 +204,7 @@ def _locations(old: list[Any], pv1: Segment, event: str, when: str | None) -> li
             if loc.get("status") == "active":
                 loc["status"] = "completed"
                 if when:
-                    loc["period"] = {**loc.get("period", {}), "end": when}
+                    loc["period"] = _period(loc.get("period", {}).get("start"), when)
     prior = location_reference(pv1.first(6))  # PV1-6 prior location (IG: completed)
     if prior is not None and not any(loc.get("location") == prior for loc in locations):
         locations.insert(0, {"location": prior, "status": "completed"})

@@ -15,6 +15,7 @@ monitoring (NEWS2) can score it. A vital sign whose unit cannot be read as UCUM 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from carebridge.ingest.hl7v2.datatypes import (
@@ -204,30 +205,28 @@ def _vital_quantity(number: Decimal, obx: Segment, vital: str | None) -> Json:
     return value
 
 
+_RANGE = re.compile(r"^\s*(?:(?P<cmp>[<>]=?)\s*(?P<bound>[+-]?\d+(?:\.\d+)?)"
+                    r"|(?P<low>[+-]?\d+(?:\.\d+)?)\s*-\s*(?P<high>[+-]?\d+(?:\.\d+)?))"
+                    r"\s*(?P<unit>[^\d\s].*)?$")
+
+
 def _reference_range(text: str, units: Composite, vital: str | None) -> Json | None:
-    """OBX-7 -> referenceRange: 'low-high', '<high', '>low' as quantities, else text."""
+    """OBX-7 (HL7 v2.5.1 7.4.2.7: 'lower-upper', '> lower', '< upper', else text) ->
+    referenceRange with low/high in the OBX-6 units, and the text as sent."""
     text = text.strip()
     if not text:
         return None
-    low = high = None
-    if text.startswith(("<", ">")):
-        number = decimal(text.lstrip("<>="))
-        if number is not None:
-            if text[0] == "<":
-                high = number
-            else:
-                low = number
-    elif "-" in text[1:]:
-        left, _, right = text[1:].partition("-")
-        low, high = decimal(text[0] + left), decimal(right)
-        if low is None or high is None:
-            low = high = None
-    if low is None and high is None:
+    match = _RANGE.match(text)
+    if match is None:
         return {"text": text}
     out: Json = {}
-    if low is not None:
-        out["low"] = quantity(low, units)
-    if high is not None:
-        out["high"] = quantity(high, units)
+    if match["cmp"]:
+        bound = decimal(match["bound"])
+        assert bound is not None
+        out["high" if match["cmp"].startswith("<") else "low"] = quantity(bound, units)
+    else:
+        low, high = decimal(match["low"]), decimal(match["high"])
+        assert low is not None and high is not None
+        out["low"], out["high"] = quantity(low, units), quantity(high, units)
     out["text"] = text
     return out

@@ -1,0 +1,57 @@
+"""Fixtures for the HL7 v2 tests: the processor over each storage backend, sample messages."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+
+from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.services import ResourceService
+from carebridge.storage import Repository
+
+DATA = Path(__file__).parent / "data"
+
+
+def sample(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def python_hl7_samples() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("python_hl7_samples",
+                                                  DATA / "python_hl7_samples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def hl7(service: ResourceService) -> Hl7Processor:
+    return Hl7Processor(service)
+
+
+def stored(repository: Repository, resource_type: str) -> list[dict[str, Any]]:
+    """Current, not deleted resources of a type, read straight from the store."""
+    mark = "?" if repository.dialect == "sqlite" else "%s"
+    with repository.session() as session:
+        rows = session.query(
+            f"SELECT body FROM resource WHERE resource_type = {mark} AND NOT deleted"
+            " ORDER BY id", (resource_type,))
+    return [orjson.loads(bytes(row[0])) for row in rows]
+
+
+def versions(repository: Repository) -> int:
+    with repository.session() as session:
+        return int(session.query("SELECT count(*) FROM resource_history", ())[0][0])
+
+
+def ack_fields(ack: bytes | str) -> dict[str, list[str]]:
+    """Segments of an ACK by name -> fields (MSA-1 is ['MSA', code, ...][1])."""
+    text = ack.decode() if isinstance(ack, bytes) else ack
+    text = text.strip("\x0b\x1c\r")
+    return {line[:3]: line.split("|") for line in text.split("\r") if line}
