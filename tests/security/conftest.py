@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from carebridge.api import create_api
@@ -16,6 +17,8 @@ from carebridge.services import ResourceService
 from carebridge.storage import Repository
 
 BASE = "http://testserver"
+#: Argon2id with cheap parameters: tests only (production keeps argon2-cffi's defaults).
+CHEAP_ARGON2 = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Secured:
 
 @pytest.fixture
 def secured(repository: Repository) -> Iterator[Secured]:
-    authority = Authority.open(repository, BASE)
+    authority = Authority.open(repository, BASE, hasher=CHEAP_ARGON2)
     service = ResourceService(repository, policy=SmartPolicy())
     app = create_api(service, security=ApiSecurity(authority=authority))
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -2,7 +2,8 @@
 
 ``/.well-known/smart-configuration`` (at the FHIR base, and at the server root for clients
 that look there) lists the OAuth endpoints and the capabilities this server implements;
-``/oauth/jwks`` publishes the public keys that sign access tokens (RFC 7517).
+``/oauth/jwks`` publishes the public keys that sign access tokens (RFC 7517); the OAuth
+endpoints themselves are in :mod:`carebridge.api.oauth`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from carebridge.api.oauth import oauth_routes
 from carebridge.security.authority import Authority
 
 CAPABILITIES = [
@@ -59,4 +61,5 @@ def smart_routes(authority: Authority) -> list[BaseRoute]:
         Route("/.well-known/smart-configuration", configuration, methods=["GET"]),
         Route("/fhir/.well-known/smart-configuration", configuration, methods=["GET"]),
         Route("/oauth/jwks", jwks, methods=["GET"]),
+        *oauth_routes(authority),
     ]

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+
+from carebridge.security.clients import ClientRegistry
 from carebridge.security.keys import SigningKeys
+from carebridge.security.oauth import AuditHook, AuthorizationServer
 from carebridge.security.store import SecurityStore
 from carebridge.security.tokens import ExternalIssuer, TokenIssuer, TokenVerifier
+from carebridge.security.users import UserDirectory
 from carebridge.storage.base import Repository
 
 
@@ -18,6 +23,9 @@ class Authority:
     keys: SigningKeys
     issuer: TokenIssuer
     verifier: TokenVerifier
+    users: UserDirectory
+    clients: ClientRegistry
+    oauth: AuthorizationServer
     base_url: str  # the server's public origin; the FHIR base is base_url + "/fhir"
 
     @property
@@ -26,10 +34,18 @@ class Authority:
 
     @classmethod
     def open(cls, repository: Repository, base_url: str, *,
-             external: tuple[ExternalIssuer, ...] = ()) -> Authority:
+             external: tuple[ExternalIssuer, ...] = (), hasher: PasswordHasher | None = None,
+             audit: AuditHook | None = None) -> Authority:
+        """``hasher``: Argon2id parameters (argon2-cffi's defaults unless given; tests pass
+        cheap ones). ``audit``: where login and token events go."""
         store = SecurityStore(repository)
         keys = SigningKeys(store)
         fhir_base = base_url + "/fhir"
         issuer = TokenIssuer(keys, base_url, fhir_base)
         verifier = TokenVerifier(keys, store, base_url, fhir_base, external)
-        return cls(store, keys, issuer, verifier, base_url)
+        hasher = hasher or PasswordHasher()
+        users = UserDirectory(store, hasher)
+        clients = ClientRegistry(store, hasher)
+        oauth = AuthorizationServer(store, users, clients, issuer, verifier, base_url,
+                                    **({"audit": audit} if audit else {}))
+        return cls(store, keys, issuer, verifier, users, clients, oauth, base_url)

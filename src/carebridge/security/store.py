@@ -38,6 +38,7 @@ class SecurityStore:
         is added so that the session's fetch works on both databases.)"""
         return len(self.query(text + " RETURNING 1", params, session=session, write=True))
 
-    def flag(self, value: bool) -> Any:
-        """A boolean column value for this dialect (INTEGER 0/1 in SQLite)."""
-        return value if self.postgres else int(value)
+    @staticmethod
+    def flag(value: bool) -> int:
+        """A flag column's value (INTEGER 0/1 in both dialects' security tables)."""
+        return int(value)
