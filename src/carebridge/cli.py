@@ -89,6 +89,9 @@ TlsKey = Annotated[str | None, typer.Option(envvar="CAREBRIDGE_TLS_KEY",
 CorsOrigin = Annotated[list[str] | None, typer.Option(
     "--cors-origin", help="a browser origin allowed to call the API (repeatable)")]
 
+Mqtt = Annotated[str | None, typer.Option(
+    "--mqtt", envvar="CAREBRIDGE_MQTT", help="MQTT broker for device readings, mqtt://host:port")]
+
 
 ValidationMode = Annotated[str, typer.Option(
     "--validation", envvar="CAREBRIDGE_VALIDATION",
@@ -119,10 +122,10 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           port: Port = 8080, insecure_dev: InsecureDev = False, public_url: PublicUrl = None,
           validation: ValidationMode = "strict",
           tls_cert: TlsCert = None, tls_key: TlsKey = None,
-          cors_origin: CorsOrigin = None) -> None:
+          cors_origin: CorsOrigin = None, mqtt: Mqtt = None) -> None:
     """Run the FHIR server (bearer tokens required; see docs/security.md)."""
     _serve(Settings(validation=_validation_mode(validation),
-                    mllp_port=mllp_port,
+                    mllp_port=mllp_port, mqtt_url=mqtt,
                     database_url=database, host=host, port=port, **security_settings(
         insecure_dev, public_url, tls_cert, tls_key, cors_origin)))
 
@@ -204,7 +207,10 @@ def import_(
 @app.command()
 def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
          mllp_port: MllpPort = 2575,
-         port: Port = 8080) -> None:
+         port: Port = 8080,
+         patients: Annotated[int, typer.Option(help="simulated monitored patients")] = 12,
+         rate: Annotated[float, typer.Option(help="simulated readings per second")] = 20.0,
+         ) -> None:
     """Load the sample patients (once) and run the server."""
     repo = open_repository(database)
     try:
@@ -225,8 +231,91 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     console.print("Sample patients:")
     for _, version in page.entries:
         console.print(f"  http://{host}:{port}/fhir/Patient/{version.id}")
+    _start_demo_simulation(database, patients, rate)
     _serve(Settings(mllp_port=mllp_port,
                     database_url=database, host=host, port=port))
+
+
+def _start_demo_simulation(database: str, patients: int, rate: float) -> None:
+    """Remote monitoring in the demo: simulated patients stream vitals through the device
+    gateway; every 10 s a table shows each one's NEWS2 and open alerts."""
+    from carebridge.monitoring.live import Simulation, start_in_background
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        table = Table(title="remote monitoring (simulated)")
+        for column in ("patient", "scenario", "device flaws", "NEWS2", "band", "open alerts"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["patient"][:8], r["scenario"], r["flaws"],
+                          "" if r["news2"] is None else str(r["news2"]), r["band"] or "",
+                          r["alerts"])
+        console.print(table)
+
+    console.print(f"Simulating {patients} monitored patients at {rate:g} readings/s; alerts"
+                  " stream at /monitoring/alerts/stream")
+    start_in_background(Simulation(database, None, None, patients, rate, 24 * 3600.0), show)
+
+
+@app.command()
+def simulate(
+    database: Database = DEFAULT_DATABASE_URL,
+    patients: Annotated[int, typer.Option(help="simulated patients (each with a device)")] = 10,
+    rate: Annotated[float, typer.Option(help="readings per second, all devices")] = 20.0,
+    duration: Annotated[float, typer.Option(help="seconds to run")] = 600.0,
+    url: Annotated[str | None, typer.Option(
+        help="server to POST readings to, e.g. http://127.0.0.1:8080 (default: in-process"
+             " through the device gateway)")] = None,
+    mqtt: Mqtt = None,
+    onset: Annotated[float, typer.Option(help="seconds before scripted deteriorations")] = 20.0,
+) -> None:
+    """Stream simulated vital signs (scripted deteriorations, flaky devices) over HTTP, MQTT
+    or in-process. Patients, devices and their credentials are created in the database first."""
+    from carebridge.monitoring.live import Simulation
+
+    simulation = Simulation(database, url, mqtt, patients, rate, duration, onset)
+    population = simulation.provision()
+    console.print(f"{patients} simulated patients: {population.summary()}")
+    sent = simulation.stream(population)
+    console.print(f"sent {sent} reading sets")
+
+
+devices_app = typer.Typer(help="device fleet health", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("report")
+def devices_report(
+    database: Database = DEFAULT_DATABASE_URL,
+    since: Annotated[str, typer.Option(help="start of the window (FHIR instant or date)")] = "",
+) -> None:
+    """Availability per device and per ward since --since (default: the last 24 hours)."""
+    from datetime import timedelta
+
+    from carebridge.fhir.resource import now_instant, parse_instant
+    from carebridge.monitoring.report import fleet_report
+
+    repo = open_repository(database)
+    try:
+        until = now_instant()
+        start = parse_instant(since) if since else until - timedelta(days=1)
+        report = fleet_report(ResourceService(repo), start, until)
+    finally:
+        repo.close()
+    table = Table(title=f"devices {report['since']} .. {report['until']}")
+    for column in ("device", "patient", "ward", "status", "last seen", "battery", "available"):
+        table.add_column(column)
+    for d in report["devices"]:
+        table.add_row(d["device"], d["patient"] or "", d["ward"], d["status"],
+                      d["lastSeen"] or "",
+                      "" if d["battery"] is None else f"{d['battery']:.0f} %",
+                      f"{d['availability']:.1%}")
+    console.print(table)
+    wards = Table(title="wards")
+    for column in ("ward", "devices", "available"):
+        wards.add_column(column)
+    for w in report["wards"]:
+        wards.add_row(w["ward"], str(w["devices"]), f"{w['availability']:.1%}")
+    console.print(wards)
 
 
 quality = typer.Typer(help="Data quality across the store", no_args_is_help=True)

@@ -111,7 +111,8 @@ def test_care_plan_trend_rule(ward: Ward) -> None:
         "subject": {"reference": f"Patient/{ward.patient_id}"}}).version.id
     ward.service.create(SYSTEM, "Basic", rule(
         "trend", f"CarePlan/{plan}", code={"system": "http://loinc.org", "code": "29463-7"},
-        value=2, duration={"value": 48, "code": "h"}, title="Weight up 2 kg in 48 h"))
+        value=2, duration={"value": 48, "system": "http://unitsofmeasure.org", "code": "h"},
+        title="Weight up 2 kg in 48 h"))
     ward.settle()
     ward.monitoring.gateway.ingest(ward.device_id, [
         {"t": minutes_ago(47 * 60), "weight": 80.0},
@@ -128,7 +129,8 @@ def test_no_data_rule(ward: Ward) -> None:
     ward.service.create(SYSTEM, "Basic", rule(
         "no-data", f"Patient/{ward.patient_id}",
         code={"system": "http://loinc.org", "code": "29463-7"},
-        duration={"value": 1, "code": "s"}, title="No weight today"))
+        duration={"value": 1, "system": "http://unitsofmeasure.org", "code": "s"},
+        title="No weight today"))
     ward.settle()
     time.sleep(1.1)
     ward.monitoring.engine.sweep()

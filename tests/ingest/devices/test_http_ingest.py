@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
-from tests.monitoring.support import Ward, minutes_ago
+from tests.monitoring.support import Ward, minutes_ago, wait_for
 
 from carebridge.api import create_api
 
@@ -66,9 +66,8 @@ def test_credential_alerts_and_fleet_endpoints(ward: Ward, http: TestClient) -> 
     sent = http.post(url, json={"t": minutes_ago(1), "hr": 150, "rr": 28},
                      headers={"Authorization": f"Bearer {secret}"})
     assert sent.status_code == 201
-    ward.settle()
-    alerts = http.get("/monitoring/alerts").json()
-    [entry] = alerts["entry"]
+    # The app's lifespan runs the engine thread: wait for it (within a second) to alert.
+    [entry] = wait_for(lambda: http.get("/monitoring/alerts").json().get("entry"))  # type: ignore[misc]
     flag_id = entry["resource"]["id"]
     assert entry["resource"]["code"]["coding"][0]["code"] == "news2-medium"  # 3 + 3 = 6
     ack = http.post(f"/monitoring/alerts/{flag_id}/$acknowledge")
