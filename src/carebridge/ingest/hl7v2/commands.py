@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.ingest.hl7v2.store import MessageStore
@@ -33,14 +32,11 @@ def errors(database: Database = DEFAULT_DATABASE_URL,
         queued = MessageStore(repo).errors(status=None if all_ else "open", limit=limit)
     finally:
         repo.close()
-    table = Table(title="HL7 v2 error queue")
-    for column in ("id", "received", "sender", "control id", "type", "ack", "code", "where",
-                   "reason", "status", "tries"):
-        table.add_column(column, overflow="fold")
+    # One line per message (greppable, never wrapped): id, when, who, what, why.
     for e in queued:
-        table.add_row(str(e.id), e.received_at[:19], e.sender, e.control_id, e.message_type,
-                      e.ack_code, e.error_code, e.location, e.reason, e.status, str(e.attempts))
-    console.print(table)
+        typer.echo(f"#{e.id}  {e.received_at[:19]}  {e.sender}  {e.control_id}  "
+                   f"{e.message_type}  {e.ack_code} {e.error_code}  {e.location or '-'}  "
+                   f"{e.status} x{e.attempts}  {e.reason}")
     console.print(f"{len(queued)} {'messages' if len(queued) != 1 else 'message'}")
 
 
