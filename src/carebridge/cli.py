@@ -19,6 +19,7 @@ from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir
 from carebridge.ingest.hl7v2.commands import hl7_app
+from carebridge.security.commands import client_app, demo_credentials, keys_app, user_app
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
@@ -31,6 +32,9 @@ app = typer.Typer(help="carebridge: FHIR R4 health data platform", no_args_is_he
                   add_completion=False)
 console = Console()
 app.add_typer(hl7_app, name="hl7")
+app.add_typer(user_app, name="user")
+app.add_typer(client_app, name="client")
+app.add_typer(keys_app, name="keys")
 
 Database = Annotated[
     str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",
@@ -231,6 +235,8 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     console.print("Sample patients:")
     for _, version in page.entries:
         console.print(f"  http://{host}:{port}/fhir/Patient/{version.id}")
+    if page.entries:
+        demo_credentials(database, f"http://{host}:{port}", page.entries[0][1].id)
     _start_demo_simulation(database, patients, rate)
     _serve(Settings(mllp_port=mllp_port,
                     database_url=database, host=host, port=port))

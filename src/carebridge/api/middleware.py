@@ -2,7 +2,7 @@
 headers, as one pure ASGI middleware (no per-request Starlette objects on the hot path).
 
 - Everything but the public paths (the CapabilityStatement, the SMART discovery document, the
-  JWKS and the OAuth endpoints, which authenticate their callers themselves) needs
+  JWKS, the OAuth endpoints and device ingest, which authenticate their callers themselves) needs
   ``Authorization: Bearer <access token>`` (RFC 6750); a missing or bad token gets 401 with a
   ``WWW-Authenticate`` challenge and an OperationOutcome that says nothing more.
 - The verified :class:`~carebridge.security.policy.Caller` is put in the ASGI scope
@@ -32,7 +32,9 @@ PUBLIC_PATHS = frozenset({
     "/", "/fhir/metadata", "/.well-known/smart-configuration",
     "/fhir/.well-known/smart-configuration",
 })
-PUBLIC_PREFIXES = ("/oauth/",)
+# /oauth/ endpoints authenticate clients themselves; /devices/ takes per-device credentials
+# (carebridge.ingest.devices) and writes under a least-privilege device identity.
+PUBLIC_PREFIXES = ("/oauth/", "/devices/")
 INSECURE_HEADER = b"x-carebridge-insecure"
 INSECURE_VALUE = b"authentication disabled (--insecure-dev); never expose this server"
 #: Who every request is in insecure development mode.

@@ -87,6 +87,13 @@ class UserDirectory:
         name, roles, patient, secret, disabled = rows[0]
         return User(name, frozenset(roles.split()), patient, secret, bool(disabled))
 
+    def set_password(self, username: str, password: str) -> bool:
+        if len(password) < 12:
+            raise ValueError("passwords have at least 12 characters")
+        return self.store.execute(
+            "UPDATE sec_user SET password_hash = ?, failures = 0, locked_until = 0"
+            " WHERE username = ?", (self.hasher.hash(password), username)) > 0
+
     def disable(self, username: str) -> bool:
         return self.store.execute("UPDATE sec_user SET disabled = ? WHERE username = ?",
                                   (self.store.flag(True), username)) > 0

@@ -1,0 +1,180 @@
+"""``carebridge user|client|keys|audit ...``: the security commands, and the demo's users.
+
+Secrets (passwords, TOTP seeds, client secrets) are shown once when created and stored only
+as hashes (or wrapped, for TOTP seeds, when encryption at rest is on).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from carebridge.security.authority import Authority
+from carebridge.security.keys import SigningKeys
+from carebridge.security.store import SecurityStore
+from carebridge.security.tokens import TokenIssuer
+from carebridge.security.users import provisioning_uri
+from carebridge.storage import open_repository
+from carebridge.storage.factory import DEFAULT_DATABASE_URL
+
+console = Console()
+Database = Annotated[
+    str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",
+                      help="sqlite:///path or postgresql://user@host:port/db")
+]
+BaseUrl = Annotated[str, typer.Option(envvar="CAREBRIDGE_PUBLIC_URL",
+                                      help="the server's public origin (token issuer)")]
+
+user_app = typer.Typer(help="users: add, disable, reset-mfa", no_args_is_help=True)
+client_app = typer.Typer(help="OAuth clients: add", no_args_is_help=True)
+keys_app = typer.Typer(help="signing and encryption keys: rotate", no_args_is_help=True)
+
+
+def _authority(database: str, base_url: str = "http://127.0.0.1:8080") -> Authority:
+    return Authority.open(open_repository(database), base_url.rstrip("/"))
+
+
+def _password(given: str | None) -> str:
+    if given:
+        return given
+    from_env = os.environ.get("CAREBRIDGE_PASSWORD")
+    if from_env:
+        return from_env
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[list[str], typer.Option(
+        help="physician, nurse, admin, auditor or patient (repeatable)")],
+    patient: Annotated[str | None, typer.Option(help="the Patient id a patient user is")] = None,
+    password: Annotated[str | None, typer.Option(
+        help="the password (else CAREBRIDGE_PASSWORD or a prompt)")] = None,
+    database: Database = DEFAULT_DATABASE_URL,
+) -> None:
+    """Create a user; staff get a TOTP secret to enrol in an authenticator app."""
+    authority = _authority(database)
+    try:
+        secret = authority.users.add(username, _password(password), set(role), patient)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        authority.store.repository.close()
+    console.print(f"user {username} added ({', '.join(sorted(role))})")
+    if secret:
+        console.print(f"TOTP secret: {secret}\n  {provisioning_uri(username, secret)}")
+
+
+@user_app.command("disable")
+def user_disable(username: str, database: Database = DEFAULT_DATABASE_URL) -> None:
+    """Disable a user (sign-in refused; refresh tokens stop working)."""
+    authority = _authority(database)
+    try:
+        found = authority.users.disable(username)
+    finally:
+        authority.store.repository.close()
+    if not found:
+        console.print(f"[red]no user {username}[/]")
+        raise typer.Exit(1)
+    console.print(f"user {username} disabled")
+
+
+@user_app.command("reset-mfa")
+def user_reset_mfa(username: str, database: Database = DEFAULT_DATABASE_URL) -> None:
+    """Give a user a new TOTP secret (the old one stops working) and clear a lockout."""
+    authority = _authority(database)
+    try:
+        secret = authority.users.reset_mfa(username)
+    except KeyError:
+        console.print(f"[red]no user {username}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        authority.store.repository.close()
+    console.print(f"new TOTP secret: {secret}\n  {provisioning_uri(username, secret)}")
+
+
+@client_app.command("add")
+def client_add(
+    client_id: str,
+    kind: Annotated[str, typer.Option(help="public, confidential or backend")],
+    scope: Annotated[str, typer.Option(help="the most this client may be granted")],
+    redirect_uri: Annotated[list[str] | None, typer.Option(help="exact redirect URI")] = None,
+    role: Annotated[list[str] | None, typer.Option(
+        help="backend: backend, interface, device or auditor")] = None,
+    jwks: Annotated[Path | None, typer.Option(help="backend: JWK Set file of public keys")
+                    ] = None,
+    database: Database = DEFAULT_DATABASE_URL,
+) -> None:
+    """Register an OAuth client (SMART app or backend service)."""
+    authority = _authority(database)
+    try:
+        keys = orjson.loads(jwks.read_bytes()) if jwks else None
+        secret = authority.clients.add(client_id, kind, redirect_uris=redirect_uri,
+                                       scopes=scope, roles=set(role or ()), jwks=keys)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        authority.store.repository.close()
+    console.print(f"client {client_id} added ({kind})")
+    if secret:
+        console.print(f"client secret (shown once): {secret}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(database: Database = DEFAULT_DATABASE_URL) -> None:
+    """Start signing tokens with a new key; old keys stay published until their tokens
+    expire, so nothing stops working (running servers pick the new key up within 30 s)."""
+    repo = open_repository(database)
+    try:
+        kid = SigningKeys(SecurityStore(repo)).rotate()
+    finally:
+        repo.close()
+    console.print(f"new signing key {kid}")
+
+
+DEMO_CLIENT = "demo-app"
+DEMO_REDIRECT = "http://127.0.0.1:9090/callback"
+
+
+def demo_credentials(database: str, base_url: str, patient_id: str) -> None:
+    """Create (or reset) the demo's users and client and print their credentials."""
+    authority = _authority(database, base_url)
+    users, clients = authority.users, authority.clients
+    try:
+        console.print("[bold]Demo credentials[/] (demo database only; passwords change on"
+                      " every start):")
+        for name, roles, patient in (("demo-physician", {"physician"}, None),
+                                     ("demo-auditor", {"auditor"}, None),
+                                     ("demo-patient", {"patient"}, patient_id)):
+            password = secrets.token_urlsafe(12)
+            if users.get(name) is None:
+                secret = users.add(name, password, roles, patient)
+            else:
+                users.set_password(name, password)
+                secret = users.reset_mfa(name) if roles != {"patient"} else None
+            line = f"  {name}: password {password}"
+            if secret:
+                line += f", TOTP secret {secret}"
+            console.print(line)
+        if clients.get(DEMO_CLIENT) is None:
+            clients.add(DEMO_CLIENT, "public", redirect_uris=[DEMO_REDIRECT],
+                        scopes="openid fhirUser launch launch/patient offline_access "
+                               "patient/*.rs user/*.cruds")
+        console.print(f"  public SMART client {DEMO_CLIENT}, redirect {DEMO_REDIRECT}")
+        demo_issuer = TokenIssuer(authority.keys, base_url, base_url + "/fhir", lifetime=8 * 3600)
+        token = demo_issuer.issue(subject="demo-physician", client_id="demo-cli",
+                                  scope="user/*.cruds", roles=frozenset({"physician"})).token
+        console.print("  an 8-hour physician token for curl:\n"
+                      f"    export TOKEN={token}\n"
+                      f'    curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Patient')
+    finally:
+        authority.store.repository.close()
