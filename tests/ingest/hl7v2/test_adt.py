@@ -145,8 +145,8 @@ def test_a04_registers_a_planned_visit(hl7: Hl7Processor, repository: Repository
 
 def test_a40_merge_links_both_and_deletes_nothing(hl7: Hl7Processor,
                                                   repository: Repository) -> None:
-    prior = ("MSH|^~\\&|REDOX|RDX|||20190504180000||ADT^A04|PRE-1|T|2.3\r"
-             "EVN|A04|20190504180000\rPID|||53700^^^MR||Bixby^Tim||20080106|M").encode()
+    prior = (b"MSH|^~\\&|REDOX|RDX|||20190504180000||ADT^A04|PRE-1|T|2.3\r"
+             b"EVN|A04|20190504180000\rPID|||53700^^^MR||Bixby^Tim||20080106|M")
     assert send(hl7, prior)["MSA"][1] == "AA"
     merged_id = one(repository, "Patient")["id"]
     ack = send(hl7, sample("A40-REDOX-A40-2-v2.3.txt"))
@@ -162,8 +162,8 @@ def test_a40_merge_links_both_and_deletes_nothing(hl7: Hl7Processor,
                                  "type": "replaces"}]
     assert survivor["name"][0]["family"] == "Bixby"
     # A later update of the survivor keeps its merge link
-    update = ("MSH|^~\\&|REDOX|RDX|||20190505||ADT^A08|UPD-1|T|2.3\rEVN|A08|20190505\r"
-              "PID|||0000000001^^^MR||Bixby^Timothy^P||20080106|M").encode()
+    update = (b"MSH|^~\\&|REDOX|RDX|||20190505||ADT^A08|UPD-1|T|2.3\rEVN|A08|20190505\r"
+              b"PID|||0000000001^^^MR||Bixby^Timothy^P||20080106|M")
     send(hl7, update)
     survivor = next(p for p in stored(repository, "Patient") if p["id"] != merged_id)
     assert survivor["link"][0]["type"] == "replaces"

@@ -191,8 +191,8 @@ def test_corrected_result_updates_the_same_observation(hl7: Hl7Processor,
 
 def test_results_do_not_overwrite_demographics(hl7: Hl7Processor,
                                                repository: Repository) -> None:
-    adt = ("MSH|^~\\&|ADM|WARD7|CB|CB|20240401||ADT^A04|D1|P|2.5.1\rEVN|A04|20240401\r"
-           "PID|1||M55^^^GH^MR||Vega^Ana^Maria||19500505|F|||1 Calle^^Sevilla").encode()
+    adt = (b"MSH|^~\\&|ADM|WARD7|CB|CB|20240401||ADT^A04|D1|P|2.5.1\rEVN|A04|20240401\r"
+           b"PID|1||M55^^^GH^MR||Vega^Ana^Maria||19500505|F|||1 Calle^^Sevilla")
     hl7.handle_frame(adt)
     hl7.handle_frame(oru("D2", VITALS[:1]))
     [patient] = stored(repository, "Patient")
