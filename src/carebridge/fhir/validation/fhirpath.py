@@ -296,6 +296,32 @@ class _Compiler:
                         out.append(item)
                 return out
             return intersect
+        if name == "tail" and not params:
+            return lambda focus, env: src(focus, env)[1:]
+        if name == "toInteger" and not params:
+            def to_integer(focus: Collection, env: Env) -> Collection:
+                items = src(focus, env)
+                if len(items) != 1:
+                    if items:
+                        raise Unsupported("toInteger of a collection")
+                    return []
+                value = items[0]
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return [value]
+                if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value):
+                    return [int(value)]
+                return []
+            return to_integer
+        if name == "iif" and len(params) in (2, 3):
+            criterion, then = params[0], params[1]
+            otherwise = params[2] if len(params) == 3 else None
+
+            def iif(focus: Collection, env: Env) -> Collection:
+                base = src(focus, env)
+                if _truth(criterion(base, env)):
+                    return then(base, env)
+                return otherwise(base, env) if otherwise is not None else []
+            return iif
         if name == "first" and not params:
             return lambda focus, env: src(focus, env)[:1]
         if name == "trace":

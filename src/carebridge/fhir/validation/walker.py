@@ -87,6 +87,26 @@ class Walker:
         if not contained:
             self.domain_resource(resource, expr)
             self.root, self.contained, self.local_refs = saved
+        if rtype == "Bundle":
+            self.full_urls(resource, expr)
+
+    def full_urls(self, bundle: dict[str, Any], expr: str) -> None:
+        """A RESTful fullUrl ends with the entry resource's type and id
+        (http://hl7.org/fhir/R4/bundle.html#bundle-unique)."""
+        for i, entry in enumerate(bundle.get("entry") or ()):
+            if not isinstance(entry, dict):
+                continue
+            full_url, resource = entry.get("fullUrl"), entry.get("resource")
+            if not isinstance(full_url, str) or not isinstance(resource, dict):
+                continue
+            match = _RESTFUL.match(full_url)
+            rid = resource.get("id")
+            if match is None or not match["base"] or not isinstance(rid, str):
+                continue
+            if (match["type"], match["id"]) != (resource.get("resourceType"), rid):
+                self.error("invalid", f"fullUrl {full_url!r} must end with the entry's "
+                           f"resource type and id, {resource.get('resourceType')}/{rid}",
+                           f"{expr}.entry[{i}].fullUrl")
 
     def domain_resource(self, resource: dict[str, Any], expr: str) -> None:
         """dom-2..dom-5 (http://hl7.org/fhir/R4/domainresource.html#invs)."""
