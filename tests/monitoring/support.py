@@ -58,16 +58,20 @@ class LiveServer:
     """The ASGI app with monitoring on a real uvicorn server in a thread (real sockets)."""
 
     def __init__(self, monitoring: Monitoring) -> None:
+        import socket
+
         import uvicorn
 
         from carebridge.api import create_api
-        from carebridge.testing import free_port
 
-        self.port = free_port()
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))  # the port is ours: no race for a free one
+        self.port = int(self.socket.getsockname()[1])
         app = create_api(monitoring.service, monitoring=monitoring)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                                    timeout_graceful_shutdown=1))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -85,6 +89,7 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+        self.socket.close()
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> object:
