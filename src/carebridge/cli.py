@@ -19,7 +19,13 @@ from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir
 from carebridge.ingest.hl7v2.commands import hl7_app
-from carebridge.security.commands import client_app, demo_credentials, keys_app, user_app
+from carebridge.security.commands import (
+    audit_app,
+    client_app,
+    demo_credentials,
+    keys_app,
+    user_app,
+)
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
@@ -35,6 +41,7 @@ app.add_typer(hl7_app, name="hl7")
 app.add_typer(user_app, name="user")
 app.add_typer(client_app, name="client")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 Database = Annotated[
     str, typer.Option("--database", "-d", envvar="CAREBRIDGE_DATABASE",

@@ -102,15 +102,21 @@ def create_api(
                 expose_headers=["etag", "location", "content-location", "last-modified"]))
         middleware.append(Middleware(
             SecurityLayer, verifier=security.authority.verifier if security.authority else None,
-            insecure=security.insecure, tls=security.tls))
+            insecure=security.insecure, tls=security.tls,
+            ledger=security.authority.ledger if security.authority else None))
+    authority = security.authority if security is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if authority is not None:
+            authority.start()  # the audit ledger's writer
         if monitoring is not None:
             monitoring.start()
         yield
         if monitoring is not None:
             monitoring.stop()
+        if authority is not None:
+            authority.close()  # flushes the audit trail before the database closes
         if on_shutdown is not None:
             on_shutdown()
 

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebridge.api.responses import fhir_json
 from carebridge.fhir.errors import FhirError, Unauthorized
+from carebridge.security.audit import AuditLedger
+from carebridge.security.audit_events import rest_event
 from carebridge.security.authority import Authority
 from carebridge.security.policy import Caller
 from carebridge.security.roles import SYSTEM_ROLE
@@ -52,12 +54,13 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 class SecurityLayer:
     def __init__(self, app: ASGIApp, *, verifier: TokenVerifier | None, insecure: bool = False,
-                 tls: bool = False) -> None:
+                 tls: bool = False, ledger: AuditLedger | None = None) -> None:
         if verifier is None and not insecure:
             raise ValueError("a secured server needs a token verifier")
         self.app = app
         self.verifier = verifier
         self.insecure = insecure
+        self.ledger = ledger
         self.extra = list(_BASE_HEADERS)
         if tls:
             self.extra.append(_HSTS)
@@ -68,10 +71,13 @@ class SecurityLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send_with_headers = self._headers(send)
+        status = [500]
+        send_with_headers = self._headers(send, status)
         path: str = scope["path"]
         client = scope.get("client")
         remote = client[0] if client else None
+        audited = self.ledger is not None and path.startswith("/fhir") and (
+            path not in PUBLIC_PATHS)
         if self.insecure:
             scope["carebridge.caller"] = INSECURE_CALLER
         elif path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
@@ -80,8 +86,26 @@ class SecurityLayer:
             except FhirError as exc:
                 response = fhir_json(exc.outcome(), status=exc.status, headers=exc.headers)
                 await response(scope, receive, send_with_headers)
+                if audited:
+                    self._audit(scope, status[0], remote, "no valid access token")
                 return
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if audited:
+                self._audit(scope, status[0], remote)
+
+    def _audit(self, scope: Scope, status: int, remote: str | None, detail: str = "") -> None:
+        assert self.ledger is not None
+        caller = scope.get("carebridge.caller")
+        interaction, rtype, rid, patient = classify(scope["method"], scope["path"])
+        if isinstance(caller, Caller) and caller.patient:
+            patient = caller.patient
+        self.ledger.record(rest_event(
+            interaction, status, caller if isinstance(caller, Caller) else None,
+            address=remote, resource_type=rtype, resource_id=rid,
+            query=scope.get("query_string", b"").decode("latin-1"), patient=patient,
+            detail=detail))
 
     def _authenticate(self, scope: Scope, remote: str | None) -> Caller:
         authorization = None
@@ -99,11 +123,12 @@ class SecurityLayer:
         assert self.verifier is not None
         return self.verifier.verify(token.strip(), remote)
 
-    def _headers(self, send: Send) -> Any:
+    def _headers(self, send: Send, status: list[int]) -> Any:
         extra = self.extra
 
         async def sender(message: Message) -> None:
             if message["type"] == "http.response.start":
+                status[0] = message["status"]
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
                 headers += [h for h in extra if h[0] not in names]
@@ -115,6 +140,33 @@ class SecurityLayer:
             await send(message)
 
         return sender
+
+
+def classify(method: str, path: str) -> tuple[str, str | None, str | None, str | None]:
+    """(restful interaction, type, id, patient) of a request to ``/fhir`` (for the audit)."""
+    parts = [p for p in path.split("/")[2:] if p]
+    if parts and parts[-1] == "_search":
+        parts, method = parts[:-1], "GET"
+    rtype = parts[0] if parts and parts[0][:1].isupper() else None
+    rid = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
+    patient = rid if rtype == "Patient" else None
+    if not parts:
+        return ("transaction" if method == "POST" else "search-system"), None, None, None
+    if parts[0] == "_history":
+        return "history-system", None, None, None
+    if len(parts) == 1:
+        interaction = {"GET": "search-type", "POST": "create", "PUT": "update",
+                       "DELETE": "delete"}.get(method, "operation")
+        return interaction, rtype, None, None
+    if parts[1] == "_history":
+        return "history-type", rtype, None, None
+    if len(parts) == 2:
+        interaction = {"GET": "read", "PUT": "update", "PATCH": "patch",
+                       "DELETE": "delete"}.get(method, "operation")
+        return interaction, rtype, rid, patient
+    if parts[2] == "_history":
+        return ("vread" if len(parts) > 3 else "history-instance"), rtype, rid, patient
+    return "search-type", parts[2], None, patient  # compartment search
 
 
 @dataclass

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
+from carebridge.security.audit import AuditLedger
+from carebridge.security.audit_events import login_event
 from carebridge.security.clients import ClientRegistry
 from carebridge.security.keys import SigningKeys
-from carebridge.security.oauth import AuditHook, AuthorizationServer
+from carebridge.security.oauth import AuthorizationServer
 from carebridge.security.store import SecurityStore
 from carebridge.security.tokens import ExternalIssuer, TokenIssuer, TokenVerifier
 from carebridge.security.users import UserDirectory
@@ -26,6 +28,7 @@ class Authority:
     users: UserDirectory
     clients: ClientRegistry
     oauth: AuthorizationServer
+    ledger: AuditLedger
     base_url: str  # the server's public origin; the FHIR base is base_url + "/fhir"
 
     @property
@@ -35,9 +38,9 @@ class Authority:
     @classmethod
     def open(cls, repository: Repository, base_url: str, *,
              external: tuple[ExternalIssuer, ...] = (), hasher: PasswordHasher | None = None,
-             audit: AuditHook | None = None) -> Authority:
+             audit_interval: float = 0.2) -> Authority:
         """``hasher``: Argon2id parameters (argon2-cffi's defaults unless given; tests pass
-        cheap ones). ``audit``: where login and token events go."""
+        cheap ones). The audit ledger is created here; :meth:`start` runs its writer."""
         store = SecurityStore(repository)
         keys = SigningKeys(store)
         fhir_base = base_url + "/fhir"
@@ -46,6 +49,19 @@ class Authority:
         hasher = hasher or PasswordHasher()
         users = UserDirectory(store, hasher)
         clients = ClientRegistry(store, hasher)
+        ledger = AuditLedger(repository, keys, interval=audit_interval)
+
+        def audit(kind: str, outcome: str, subject: str | None, client: str | None,
+                  detail: str) -> None:
+            ledger.record(login_event(kind, outcome, subject, client, detail))
+
         oauth = AuthorizationServer(store, users, clients, issuer, verifier, base_url,
-                                    **({"audit": audit} if audit else {}))
-        return cls(store, keys, issuer, verifier, users, clients, oauth, base_url)
+                                    audit=audit)
+        return cls(store, keys, issuer, verifier, users, clients, oauth, ledger, base_url)
+
+    def start(self) -> None:
+        self.ledger.start()
+
+    def close(self) -> None:
+        """Flush the audit trail (call before closing the repository)."""
+        self.ledger.close()

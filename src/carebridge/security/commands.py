@@ -178,3 +178,34 @@ def demo_credentials(database: str, base_url: str, patient_id: str) -> None:
                       f'    curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Patient')
     finally:
         authority.store.repository.close()
+
+
+audit_app = typer.Typer(help="the audit ledger: verify", no_args_is_help=True)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    database: Database = DEFAULT_DATABASE_URL,
+    trusted_jwks: Annotated[Path | None, typer.Option(
+        help="public keys kept outside the database to check checkpoints with")] = None,
+) -> None:
+    """Check every ledger entry's hash chain and every signed checkpoint. Exits 1 and names
+    the first bad entry if anything was edited, deleted, inserted or reordered."""
+    from joserfc.jwk import KeySet
+
+    from carebridge.security.audit import verify_ledger
+
+    repo = open_repository(database)
+    try:
+        trusted = KeySet.import_key_set(orjson.loads(trusted_jwks.read_bytes())) if (
+            trusted_jwks) else None
+        report = verify_ledger(repo, SigningKeys(SecurityStore(repo)), trusted=trusted)
+    finally:
+        repo.close()
+    rate = report.checked / report.seconds if report.seconds else 0.0
+    console.print(f"{report.checked} entries, {report.checkpoints} signed checkpoints checked"
+                  f" in {report.seconds:.2f} s ({rate:,.0f} entries/s)")
+    if not report.ok:
+        console.print(f"[bold red]LEDGER BROKEN at entry {report.first_bad}[/]: {report.problem}")
+        raise typer.Exit(1)
+    console.print("[green]ledger intact[/]")

@@ -80,6 +80,14 @@ class SigningKeys:
             keys = self._fresh(force=True)  # another process may have rotated
         return KeySet([key for _, key, _ in keys])
 
+    def every_public_key(self) -> KeySet:
+        """Every key ever used, retired or not (public parts): audit checkpoints signed
+        years ago still verify."""
+        rows = self.store.query("SELECT private_jwk FROM sec_signing_key")
+        keys = [ECKey.import_key(orjson.loads(self.unseal(base64.b64decode(r[0]))))
+                for r in rows]
+        return KeySet([ECKey.import_key(k.as_dict(private=False)) for k in keys])
+
     def jwks(self) -> dict[str, Any]:
         return {"keys": [key.as_dict(private=False) for _, key, _ in self._fresh()]}
 

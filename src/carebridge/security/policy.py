@@ -92,8 +92,12 @@ class AccessPolicy(Protocol):
         ...
 
 
+_WRITES = frozenset({Action.CREATE, Action.UPDATE, Action.PATCH, Action.DELETE})
+
+
 class AllowAll:
-    """Permits every action: for embedding the library and for ``serve --insecure-dev``."""
+    """Permits every action but writing AuditEvents: for embedding the library, the CLI's
+    import and ``serve --insecure-dev``."""
 
     def authorize(
         self,
@@ -102,6 +106,8 @@ class AllowAll:
         resource_type: str | None,
         resource_id: str | None = None,
     ) -> Restriction | None:
+        if resource_type == R.AUDIT_TYPE and action in _WRITES:
+            raise Forbidden("AuditEvents are written by the server's audit ledger only")
         return None
 
 
