@@ -51,3 +51,11 @@ def ack_fields(ack: bytes | str) -> dict[str, list[str]]:
     text = ack.decode() if isinstance(ack, bytes) else ack
     text = text.strip("\x0b\x1c\r")
     return {line[:3]: line.split("|") for line in text.split("\r") if line}
+
+
+def feed_provenance(repository: Repository) -> list[dict[str, Any]]:
+    """The Provenance resources this feed wrote (one per message), not those other parts of
+    the server write (e.g. the validator's record of warnings)."""
+    return [p for p in stored(repository, "Provenance")
+            if p["entity"][0]["what"].get("identifier", {}).get("system")
+            == "urn:carebridge:hl7v2:message"]

@@ -11,7 +11,7 @@ from carebridge.ingest.hl7v2.parsing import Message, read_frame
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.storage import Repository
 
-from .conftest import ack_fields, sample, stored, versions
+from .conftest import ack_fields, feed_provenance, sample, stored, versions
 
 A01 = sample("A01-Simple-Admit-VHIS-1-v2.3.1.txt")
 
@@ -30,7 +30,7 @@ def test_resend_is_acknowledged_again_and_changes_nothing(hl7: Hl7Processor,
     assert ack_fields(again)["MSA"][1:3] == ["AA", "MSG015410771930-19"]
     assert again == first                        # the archived ACK, byte for byte
     assert versions(repository) == count         # no new version of anything
-    assert len(stored(repository, "Provenance")) == 1
+    assert len(feed_provenance(repository)) == 1
     assert hl7.store.count_archived() == 1
 
 
@@ -51,7 +51,7 @@ def test_archive_keeps_message_ack_and_provenance(hl7: Hl7Processor,
     assert b"\rPV1||E|ICU^Room198^1001" in archived.message
     assert archived.ack == ack
     assert archived.message_type == "ADT^A01"
-    [provenance] = stored(repository, "Provenance")
+    [provenance] = feed_provenance(repository)
     assert archived.provenance_id == provenance["id"]
     patient, encounter = stored(repository, "Patient")[0], stored(repository, "Encounter")[0]
     assert {t["reference"] for t in provenance["target"]} == {

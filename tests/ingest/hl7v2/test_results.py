@@ -10,7 +10,7 @@ from carebridge.ingest.hl7v2.datatypes import LOCAL_AUTHORITY
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.storage import Repository
 
-from .conftest import ack_fields, sample, stored, versions
+from .conftest import ack_fields, feed_provenance, sample, stored, versions
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -68,7 +68,7 @@ def test_nist_oru_sample(hl7: Hl7Processor, repository: Repository) -> None:
                                      "text": "<0.50 IU/mL"}]
     assert nm["interpretation"][0]["coding"][0]["code"] == "H"
     assert nm["category"][0]["coding"][0]["code"] == "laboratory"
-    [provenance] = stored(repository, "Provenance")
+    [provenance] = feed_provenance(repository)
     targets = {t["reference"] for t in provenance["target"]}
     assert f"DiagnosticReport/{report['id']}" in targets
     assert {f"Observation/{o['id']}" for o in observations} <= targets
