@@ -1,0 +1,155 @@
+"""Benchmark: HL7 v2 messages per second over MLLP, ACK after the durable commit, against the
+floor of parsing the same messages without storing them (same run).
+
+What is measured:
+
+1. **Feed.** A fresh database and the real server (``carebridge serve --mllp-port``, its own
+   process, via :class:`carebridge.testing.ServerProcess`; SQLite with ``synchronous=FULL``,
+   or PostgreSQL with fsync on). ``--connections`` senders (python-hl7's ``MLLPClient``, one
+   thread and one connection each) send their share of the messages one after the other,
+   each waiting for its ACK, which the server sends only once the message's resources and its
+   archive row are committed. The figure is messages per second from the first send to the
+   last ACK; every ACK must be ``AA``. Latency p50/p99 per message is reported too.
+
+2. **Floor.** The same messages parsed by the product's parser (``read_frame``: charset,
+   segment ends, python-hl7 parse, normalised tree), in this process, without mapping or
+   storing: the rate a feed could never exceed.
+
+Messages: an ADT/ORU mix re-keyed from the v2-to-FHIR IG's archived test messages (in
+``tests/ingest/hl7v2/data``): ADT^A01 (``A01-Simple-Admit-VHIS-1``, new patient and visit
+numbers each time), ORU^R01 lab results (``R01-Basic-NG``: 3 OBX, new patient and order
+numbers) and ORU^R01 vital signs (5 LOINC vital-sign OBX, as a bedside monitor sends), in
+the ratio 4:3:3. Target (issue 6): >= 500 messages/s on SQLite on this 2-core machine.
+
+Run::
+
+    .venv/bin/python bench/hl7v2.py                        # 2,000 messages, SQLite
+    .venv/bin/python bench/hl7v2.py --messages 5000 --connections 16 --backend postgresql
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from hl7.client import MLLPClient
+
+from carebridge.ingest.hl7v2.parsing import read_frame
+from carebridge.testing import ServerProcess, ThrowawayPostgres, free_port
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "ingest" / "hl7v2" / "data"
+
+
+def messages(count: int) -> list[bytes]:
+    adt = (DATA / "A01-Simple-Admit-VHIS-1-v2.3.1.txt").read_bytes().decode("latin-1")
+    lab = (DATA / "R01-Basic-NG-ExampleMessage-v2.5.1.txt").read_bytes().decode("latin-1")
+    vitals = ("MSH|^~\\&|MONITOR|WARD7|CB|CB|20240401101500||ORU^R01^ORU_R01|{ctl}|P|2.5.1\r"
+              "PID|1||{pid}^^^GH^MR||Vega^Ana||19500505|F\r"
+              "OBR|1||{order}^MON|85353-1^Vital signs^LN|||20240401101000\r"
+              "OBX|1|NM|8867-4^Heart rate^LN||{hr}|/min^^UCUM|60-100|N|||F\r"
+              "OBX|2|NM|9279-1^Respiratory rate^LN||16|/min^^UCUM|12-20|N|||F\r"
+              "OBX|3|NM|59408-5^SpO2^LN||97|%^^UCUM|94-100|N|||F\r"
+              "OBX|4|NM|8480-6^Systolic BP^LN||122|mm[Hg]^^UCUM|90-140|N|||F\r"
+              "OBX|5|NM|8310-5^Body temperature^LN||37.1|Cel^^UCUM|36-38|N|||F\r")
+    out = []
+    for n in range(count):
+        kind = n % 10
+        if kind < 4:
+            text = (adt.replace("MSG015410771930-19", f"BA{n}")
+                    .replace("AdmitPat1", f"BP{n}").replace("VN_AdmitPat1", f"BV{n}"))
+        elif kind < 7:
+            text = (lab.replace("NIST-LOI_5.0_1.1-NG", f"BL{n}")
+                    .replace("PATID5421", f"LP{n % 200}").replace("R-511", f"R{n}")
+                    .replace("ORD448811", f"O{n}"))
+        else:
+            text = vitals.format(ctl=f"BV{n}", pid=f"VP{n % 200}", order=f"VS{n}",
+                                 hr=60 + n % 40)
+        out.append(text.encode("latin-1"))
+    return out
+
+
+def parse_floor(data: list[bytes], rounds: int = 3) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for payload in data:
+            read_frame(payload)
+        best = max(best, len(data) / (time.perf_counter() - started))
+    return best
+
+
+def feed(database_url: str, data: list[bytes], connections: int) -> dict[str, float]:
+    port = free_port()
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    with ServerProcess(database_url, extra_args=("--mllp-port", str(port))):
+        def sender(share: list[bytes]) -> None:
+            mine = []
+            with MLLPClient("127.0.0.1", port) as client:
+                for payload in share:
+                    t0 = time.perf_counter()
+                    ack = client.send_message(payload)
+                    mine.append(time.perf_counter() - t0)
+                    if b"MSA|AA|" not in ack:
+                        failures.append(ack.decode("latin-1", "replace"))
+            with lock:
+                latencies.extend(mine)
+
+        shares = [data[k::connections] for k in range(connections)]
+        threads = [threading.Thread(target=sender, args=(s,)) for s in shares]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} messages not accepted; first ACK:\n{failures[0]}")
+    latencies.sort()
+    return {"messages_per_s": len(data) / elapsed, "seconds": elapsed,
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    data = messages(args.messages)
+    floor = parse_floor(data)
+    pg = None
+    with tempfile.TemporaryDirectory(prefix="bench-hl7v2-") as tmp:
+        if args.backend == "sqlite":
+            url = f"sqlite:///{tmp}/carebridge.db"
+        else:
+            pg = ThrowawayPostgres(durable=True).start()
+            url = pg.create_database("bench_hl7v2")
+        try:
+            result = feed(url, data, args.connections)
+        finally:
+            if pg is not None:
+                pg.stop()
+    ratio = result["messages_per_s"] / floor
+    print(f"HL7 v2 over MLLP ({args.backend}, {args.messages} messages ADT:lab:vitals 4:3:3,"
+          f" {args.connections} connections, ACK after durable commit)")
+    print(f"  feed:  {result['messages_per_s']:8.0f} messages/s"
+          f"   (p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per message)")
+    print(f"  floor: {floor:8.0f} messages/s parsed without storing (same messages, same run)")
+    print(f"  ratio: {ratio:8.3f}      target: >= 500 messages/s on SQLite")
+    if args.json:
+        args.json.write_text(json.dumps({"backend": args.backend, **result,
+                                         "parse_floor_per_s": floor, "ratio": ratio}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
