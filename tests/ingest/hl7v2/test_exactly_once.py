@@ -142,3 +142,17 @@ def test_archive_is_readable_json_free_bytes(hl7: Hl7Processor) -> None:
         pass
     else:
         raise AssertionError("the archive should hold the v2 message itself")
+
+
+def test_replay_keeps_the_characters_of_an_8859_1_message(hl7: Hl7Processor,
+                                                          repository: Repository) -> None:
+    merge = ("MSH|^~\\&|ADM|NORD|||20240101||ADT^A40|L1-1|P|2.5.1||||||8859/1\r"
+             "EVN|A40|20240101\rPID|1||S1^^^NORD^MR||Müller^Jürgen\rMRG|M1^^^NORD^MR")
+    assert ack_fields(hl7.handle_frame(merge.encode("latin-1")))["MSA"][1] == "AE"
+    [queued] = hl7.store.errors()
+    prior = ("MSH|^~\\&|ADM|NORD|||20240101||ADT^A04|L1-0|P|2.5.1\rEVN|A04|20240101\r"
+             "PID|1||M1^^^NORD^MR||Muller^J")
+    hl7.handle_frame(prior.encode())
+    assert hl7.replay(queued.id).ack_code == "AA"
+    survivor = next(p for p in stored(repository, "Patient") if p.get("active"))
+    assert survivor["name"][0] == {"family": "Müller", "given": ["Jürgen"]}

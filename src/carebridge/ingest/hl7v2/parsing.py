@@ -290,7 +290,12 @@ class Received:
 
 def read_frame(data: bytes) -> Received:
     """Decode and split one frame; a failing message does not hide the others in a batch."""
-    text = normalise(decode(data))
+    return read_text(decode(data))
+
+
+def read_text(text: str) -> Received:
+    """Split and parse decoded text (a frame's, or a message kept in the error queue)."""
+    text = normalise(text)
     if not text:
         raise MessageRejected("the frame holds no message", SEGMENT_SEQUENCE_ERROR, "MSH", 1)
     envelope, texts = split_batch(text)

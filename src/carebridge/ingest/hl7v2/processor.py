@@ -46,7 +46,7 @@ from carebridge.ingest.hl7v2.errors import Hl7Error, MessageError, MessageReject
 from carebridge.ingest.hl7v2.immunization import map_vxu
 from carebridge.ingest.hl7v2.lookup import SessionLookup
 from carebridge.ingest.hl7v2.mapping import Mapped, Mapper
-from carebridge.ingest.hl7v2.parsing import CHARSETS, Message, read_frame
+from carebridge.ingest.hl7v2.parsing import CHARSETS, Message, read_frame, read_text
 from carebridge.ingest.hl7v2.results import map_oru
 from carebridge.ingest.hl7v2.store import ArchivedMessage, MessageStore, utc_now_text
 from carebridge.security.policy import SYSTEM, Caller
@@ -246,6 +246,13 @@ class Hl7Processor:
             for item in items:
                 item.duplicate, item.archive_id = None, None
                 item.first_write = len(pending.writes)
+                message = item.message
+                # A resend is answered before mapping: its mapping may no longer apply (the
+                # archive row, looked up again under the lock in run_write, is the record).
+                found = self.store.find_in(session, message.sender, message.control_id)
+                if found is not None:
+                    item.duplicate = found
+                    continue
                 token = _GROUP.set(_Group(session, pending, item, self.store))
                 mapped: Mapped | None = None
                 try:
@@ -299,7 +306,10 @@ class Hl7Processor:
         queued = self.store.error(error_id)
         if queued is None:
             raise NotFound(f"no HL7 v2 error #{error_id}")
-        received = read_frame(queued.message)
+        try:  # queued messages are kept as UTF-8 text; unreadable frames as received
+            received = read_text(queued.message.decode("utf-8"))
+        except (UnicodeDecodeError, MessageRejected):
+            received = read_frame(queued.message)
         _, parsed = received.messages[0]
         try:
             if isinstance(parsed, MessageRejected):
