@@ -11,7 +11,14 @@ from carebridge.ingest.hl7v2.parsing import Message, read_frame
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.storage import Repository
 
-from .conftest import ack_fields, feed_provenance, sample, stored, versions
+from .conftest import (
+    ack_fields,
+    feed_provenance,
+    python_hl7_samples,
+    sample,
+    stored,
+    versions,
+)
 
 A01 = sample("A01-Simple-Admit-VHIS-1-v2.3.1.txt")
 
@@ -156,3 +163,21 @@ def test_replay_keeps_the_characters_of_an_8859_1_message(hl7: Hl7Processor,
     assert hl7.replay(queued.id).ack_code == "AA"
     survivor = next(p for p in stored(repository, "Patient") if p.get("active"))
     assert survivor["name"][0] == {"family": "Müller", "given": ["Jürgen"]}
+
+
+def test_a_batch_is_answered_with_a_batch_of_acks(hl7: Hl7Processor,
+                                                  repository: Repository) -> None:
+    samples = python_hl7_samples()
+    # The sample (an Australian VINAH feed) codes PID-8 with a local '1'; table 0001 values
+    # are what we map, so the test sends 'M' (test_mllp shows the AE a local code gets).
+    batch = samples.sample_file1.replace("|10131113|1||4|", "|10131113|M||4|")
+    answer = hl7.handle_frame(batch.encode()).decode()
+    lines = answer.strip("\r").split("\r")
+    assert [line[:3] for line in lines if line[:3] in ("FHS", "BHS", "BTS", "FTS")] == [
+        "FHS", "BHS", "BTS", "FTS"]
+    msa = [line.split("|")[1:3] for line in lines if line.startswith("MSA")]
+    # three messages; the third repeats the first's control id: a resend, acknowledged again
+    assert msa == [["AA", "12334456778890"], ["AA", "12334456778891"],
+                   ["AA", "12334456778890"]]
+    assert hl7.store.count_archived() == 2
+    assert len(stored(repository, "Patient")) == 1   # the same patient each time

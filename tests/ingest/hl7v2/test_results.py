@@ -8,6 +8,7 @@ from typing import Any
 
 from carebridge.ingest.hl7v2.datatypes import LOCAL_AUTHORITY
 from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.monitoring.scoring import readings_of
 from carebridge.storage import Repository
 
 from .conftest import ack_fields, feed_provenance, sample, stored, versions
@@ -113,8 +114,9 @@ def test_vital_signs_are_vital_sign_observations(hl7: Hl7Processor,
                                                  repository: Repository) -> None:
     assert ack_fields(hl7.handle_frame(oru("V1", VITALS)))["MSA"][1] == "AA"
     obs = by_code(stored(repository, "Observation"))
+    # 101.3 [degF] -> (101.3 - 32) * 5/9 = 38.5 Cel, the one unit NEWS2 scores
     for code, ucum, value in (("8867-4", "/min", 88), ("59408-5", "%", 93),
-                              ("8310-5", "[degF]", 101.3), ("8480-6", "mm[Hg]", 142),
+                              ("8310-5", "Cel", 38.5), ("8480-6", "mm[Hg]", 142),
                               ("9279-1", "/min", 22)):
         o = obs[code]
         assert o["category"][0]["coding"][0] == {
@@ -125,6 +127,12 @@ def test_vital_signs_are_vital_sign_observations(hl7: Hl7Processor,
         assert o["valueQuantity"]["value"] == value
         assert o["effectiveDateTime"] == "2024-04-01T10:10:00Z"   # OBR-7 when OBX-14 empty
     assert obs["59408-5"]["interpretation"][0]["coding"][0]["code"] == "L"
+    assert obs["8310-5"]["note"] == [{"text": "Sent as 101.3 [degF] (OBX-5/OBX-6)."}]
+    # Remote monitoring reads every one of them as a reading it can score (NEWS2; it files
+    # pulse-oximetry SpO2 under the arterial SpO2 code)
+    readings = {r.code: r.value for o in obs.values() for r in readings_of(o)}
+    assert readings == {"8867-4": 88, "2708-6": 93, "8310-5": 38.5, "8480-6": 142,
+                        "9279-1": 22}
 
 
 def test_vital_sign_with_a_unit_ucum_cannot_express_is_refused(

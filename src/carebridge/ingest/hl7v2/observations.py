@@ -59,6 +59,9 @@ VITAL_SIGNS: dict[str, tuple[str, ...]] = {
     "8302-2": ("cm", "[in_i]"),       # body height
     "9843-4": ("cm", "[in_i]"),       # head circumference
     "39156-5": ("kg/m2",),            # body mass index
+    # Not in the R4 vital signs profile, but read by NEWS2 (supplemental oxygen):
+    "3150-0": ("%",),                 # inhaled oxygen concentration
+    "3151-8": ("L/min",),             # inhaled oxygen flow rate
 }
 
 
@@ -91,6 +94,9 @@ def observation(obx: Segment, subject: str, encounter: str | None,
     vital = is_vital_sign(code)
     value = _value(obx, vital)
     if value is not None:
+        sent = value.get("valueQuantity", {}).pop("_sent", None)
+        if sent:  # converted to the vital sign's preferred unit: say what was sent
+            resource["note"] = [{"text": f"Sent as {sent} (OBX-5/OBX-6)."}]
         resource.update(value)
     elif status != "cancelled":
         reason = "not-asked" if status_code == "N" else "unknown"
@@ -198,11 +204,30 @@ def _vital_quantity(number: Decimal, obx: Segment, vital: str | None) -> Json:
         # No unit sent, but the code allows only one: it is that unit (e.g. /min, %).
         return {"value": value["value"], "unit": allowed[0], "system": UCUM,
                 "code": allowed[0]}
-    if value.get("code") not in allowed:
+    code = value.get("code")
+    if code not in allowed:
         raise MessageError(
             f"OBX-6 unit {part(units, 1)!r} of vital sign {vital} is not one of the UCUM units"
             f" {', '.join(allowed)}", DATA_TYPE_ERROR, "OBX", obx.sequence, 6)
-    return value
+    convert = TO_PREFERRED.get(str(code))
+    if convert is None:
+        return value
+    # One unit per vital sign, the one scoring (NEWS2: Celsius) and trends use; exact
+    # factors (UCUM: [degF] = 5/9 K offset 32, [lb_av] = 0.45359237 kg, [in_i] = 2.54 cm).
+    preferred, factor = convert
+    converted = (number - 32) * factor if code == "[degF]" else number * factor
+    rounded = converted.quantize(Decimal("0.01")).normalize()
+    return {"value": json_number(rounded), "unit": preferred, "system": UCUM,
+            "code": preferred, "_sent": f"{json_number(number)} {code}"}
+
+
+TO_PREFERRED: dict[str, tuple[str, Decimal]] = {
+    "[degF]": ("Cel", Decimal(5) / Decimal(9)),
+    "[lb_av]": ("kg", Decimal("0.45359237")),
+    "[oz_av]": ("kg", Decimal("0.028349523125")),
+    "g": ("kg", Decimal("0.001")),
+    "[in_i]": ("cm", Decimal("2.54")),
+}
 
 
 _RANGE = re.compile(r"^\s*(?:(?P<cmp>[<>]=?)\s*(?P<bound>[+-]?\d+(?:\.\d+)?)"
