@@ -15,11 +15,12 @@ from carebridge.events.outbox import OutboxRepository
 from carebridge.ingest.hl7v2.listener import MllpSettings, attach_listener
 from carebridge.monitoring.runtime import Monitoring, MonitoringSettings
 from carebridge.security.authority import Authority
+from carebridge.security.crypto import cipher_of, open_data_repository
 from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
 from carebridge.security.tokens import ExternalIssuer
 from carebridge.services.resources import ResourceService
 from carebridge.services.validation import WriteValidation
-from carebridge.storage import Repository, open_repository
+from carebridge.storage import Repository
 
 log = logging.getLogger("carebridge.security")
 
@@ -52,8 +53,13 @@ def build_application(settings: Settings) -> Application:
         raise InsecureRefused(
             f"--insecure-dev turns authentication off and is only allowed on a loopback"
             f" address, not {settings.host!r}")
-    # Every write also fills the transactional outbox the monitoring engine consumes.
-    repository: Repository = OutboxRepository(open_repository(settings.database_url))
+    # Resource bodies and history are encrypted at rest when a master key is configured
+    # (security.crypto); every write also fills the transactional outbox the monitoring
+    # engine consumes.
+    stored = open_data_repository(settings.database_url, settings.master_key_file)
+    if cipher_of(stored) is None:
+        log.warning("ENCRYPTION AT REST IS OFF: set CAREBRIDGE_MASTER_KEY_FILE (docs/security.md)")
+    repository: Repository = OutboxRepository(stored)
     authority: Authority | None = None
     policy: AccessPolicy
     if settings.insecure_dev:

@@ -26,6 +26,7 @@ from carebridge.security.commands import (
     keys_app,
     user_app,
 )
+from carebridge.security.crypto import open_data_repository
 from carebridge.security.policy import SYSTEM
 from carebridge.services.importer import FileResult, Importer, expand_paths
 from carebridge.services.resources import ResourceService
@@ -157,7 +158,7 @@ def migrate(database: Database = DEFAULT_DATABASE_URL) -> None:
 
 def import_paths(database: str, paths: list[Path], quiet: bool = False,
                  validation: str = "strict") -> list[FileResult]:
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # encrypted at rest when a master key is set
     try:
         service = ResourceService(repo, validation=WriteValidation(repo, validation))
         importer = Importer(service, SYSTEM)

@@ -37,6 +37,7 @@ from joserfc.jwk import ECKey, KeySet
 
 from carebridge.fhir.resource import new_id, now_instant, with_meta
 from carebridge.search.index import index_rows
+from carebridge.security.crypto import cipher_of, clear_session
 from carebridge.security.keys import ALGORITHM, SigningKeys
 from carebridge.security.store import SecurityStore
 from carebridge.storage.base import Repository, StoredVersion, Write
@@ -56,6 +57,7 @@ class AuditLedger:
         self.repository = repository
         self.store = SecurityStore(repository)
         self.keys = keys
+        self.cipher = cipher_of(repository)  # ledger copies are sealed like resource bodies
         self.interval, self.batch = interval, batch
         self._queue: deque[dict[str, Any]] = deque()
         self._wake = threading.Event()
@@ -113,8 +115,9 @@ class AuditLedger:
         key = self.keys.signing_key()  # before the write lock: it may read the key table
         with self.repository.session(write=True) as session:
             session.lock(_LOCK)
+            raw = clear_session(session)  # ledger rows are hashed as stored
             last = self.store.query(
-                "SELECT seq, hash FROM audit_ledger ORDER BY seq DESC LIMIT 1", session=session)
+                "SELECT seq, hash FROM audit_ledger ORDER BY seq DESC LIMIT 1", session=raw)
             seq, prev = (int(last[0][0]), bytes(last[0][1])) if last else (0, GENESIS)
             writes: list[Write] = []
             rows: list[tuple[int, str, bytes, bytes, bytes]] = []
@@ -122,21 +125,22 @@ class AuditLedger:
                 rid = event.get("id") or new_id()
                 stored = with_meta(event, rid, 1, moment)
                 body = orjson.dumps(stored)
+                kept = self.cipher.seal(body) if self.cipher else body  # hashed as stored
                 seq += 1
-                digest = chain_hash(prev, seq, body)
-                rows.append((seq, rid, body, prev, digest))
+                digest = chain_hash(prev, seq, kept)
+                rows.append((seq, rid, kept, prev, digest))
                 prev = digest
                 writes.append(Write(StoredVersion("AuditEvent", rid, 1, moment, "POST", body),
                                     None, index_rows(stored)))
             for row in rows:
                 self.store.execute(
                     "INSERT INTO audit_ledger (seq, event_id, body, prev_hash, hash)"
-                    " VALUES (?, ?, ?, ?, ?)", row, session=session)
+                    " VALUES (?, ?, ?, ?, ?)", row, session=raw)
             session.write(writes)
             signature = _sign(key, seq, prev)
             self.store.execute(
                 "INSERT INTO audit_checkpoint (seq, hash, signature, created) VALUES (?, ?, ?, ?)",
-                (seq, prev, signature, moment.timestamp()), session=session)
+                (seq, prev, signature, moment.timestamp()), session=raw)
 
 
 
@@ -171,9 +175,11 @@ def verify_ledger(repository: Repository, keys: SigningKeys, *, page: int = 2000
     started = time.perf_counter()
     store = SecurityStore(repository)
     report = LedgerReport()
-    checkpoints: dict[int, tuple[bytes, str]] = {
-        int(seq): (bytes(digest), signature) for seq, digest, signature in store.query(
-            "SELECT seq, hash, signature FROM audit_checkpoint")}
+    with repository.session() as session:
+        checkpoints: dict[int, tuple[bytes, str]] = {
+            int(seq): (bytes(digest), signature) for seq, digest, signature in store.query(
+                "SELECT seq, hash, signature FROM audit_checkpoint",
+                session=clear_session(session))}
     keyset = trusted or keys.every_public_key()
     bad_checkpoint = _bad_checkpoint(checkpoints, keyset)
     if bad_checkpoint is not None:
@@ -181,10 +187,11 @@ def verify_ledger(repository: Repository, keys: SigningKeys, *, page: int = 2000
     prev, expected, last = GENESIS, 1, 0
     sha256 = hashlib.sha256
     with repository.session() as session:
+        raw = clear_session(session)
         while report.ok:
             rows = store.query(
                 "SELECT seq, body, prev_hash, hash FROM audit_ledger WHERE seq >= ?"
-                " ORDER BY seq LIMIT ?", (expected, page), session=session)
+                " ORDER BY seq LIMIT ?", (expected, page), session=raw)
             if not rows:
                 break
             for seq, body, stored_prev, stored_hash in rows:

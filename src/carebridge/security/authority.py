@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from carebridge.security.audit import AuditLedger
 from carebridge.security.audit_events import login_event
 from carebridge.security.clients import ClientRegistry
+from carebridge.security.crypto import cipher_of
 from carebridge.security.keys import SigningKeys
 from carebridge.security.oauth import AuthorizationServer
 from carebridge.security.store import SecurityStore
@@ -42,7 +43,9 @@ class Authority:
         """``hasher``: Argon2id parameters (argon2-cffi's defaults unless given; tests pass
         cheap ones). The audit ledger is created here; :meth:`start` runs its writer."""
         store = SecurityStore(repository)
-        keys = SigningKeys(store)
+        cipher = cipher_of(repository)
+        keys = SigningKeys(store, seal=cipher.seal, unseal=cipher.open) if cipher else (
+            SigningKeys(store))
         fhir_base = base_url + "/fhir"
         issuer = TokenIssuer(keys, base_url, fhir_base)
         verifier = TokenVerifier(keys, store, base_url, fhir_base, external)

@@ -16,11 +16,13 @@ import typer
 from rich.console import Console
 
 from carebridge.security.authority import Authority
-from carebridge.security.keys import SigningKeys
-from carebridge.security.store import SecurityStore
+from carebridge.security.crypto import (
+    EncryptedRepository,
+    LocalMasterKey,
+    open_data_repository,
+)
 from carebridge.security.tokens import TokenIssuer
 from carebridge.security.users import provisioning_uri
-from carebridge.storage import open_repository
 from carebridge.storage.factory import DEFAULT_DATABASE_URL
 
 console = Console()
@@ -37,7 +39,7 @@ keys_app = typer.Typer(help="signing and encryption keys: rotate", no_args_is_he
 
 
 def _authority(database: str, base_url: str = "http://127.0.0.1:8080") -> Authority:
-    return Authority.open(open_repository(database), base_url.rstrip("/"))
+    return Authority.open(open_data_repository(database), base_url.rstrip("/"))
 
 
 def _password(given: str | None) -> str:
@@ -130,15 +132,31 @@ def client_add(
 
 
 @keys_app.command("rotate")
-def keys_rotate(database: Database = DEFAULT_DATABASE_URL) -> None:
-    """Start signing tokens with a new key; old keys stay published until their tokens
-    expire, so nothing stops working (running servers pick the new key up within 30 s)."""
-    repo = open_repository(database)
+def keys_rotate(
+    database: Database = DEFAULT_DATABASE_URL,
+    new_master_key_file: Annotated[Path | None, typer.Option(
+        help="re-wrap every data key under this new master key")] = None,
+) -> None:
+    """Rotate keys without downtime: a new token signing key (old ones stay published until
+    their tokens expire; running servers pick the new one up within 30 s) and, with
+    encryption at rest on, a new data key for new writes; --new-master-key-file re-wraps
+    every data key under a new master key (bodies are not re-encrypted)."""
+    repo = open_data_repository(database)
     try:
-        kid = SigningKeys(SecurityStore(repo)).rotate()
+        authority = Authority.open(repo, "http://127.0.0.1")
+        kid = authority.keys.rotate()
+        console.print(f"new signing key {kid}")
+        if isinstance(repo, EncryptedRepository):
+            new = LocalMasterKey.from_text(new_master_key_file.read_bytes()) if (
+                new_master_key_file) else None
+            rewrapped = repo.keys.rotate(new)
+            console.print("new data key" + (f"; {rewrapped} data keys re-wrapped under the"
+                                             " new master key" if new else ""))
+        elif new_master_key_file:
+            console.print("[red]encryption at rest is off: no data keys to re-wrap[/]")
+            raise typer.Exit(2)
     finally:
         repo.close()
-    console.print(f"new signing key {kid}")
 
 
 DEMO_CLIENT = "demo-app"
@@ -195,11 +213,12 @@ def audit_verify(
 
     from carebridge.security.audit import verify_ledger
 
-    repo = open_repository(database)
+    repo = open_data_repository(database)
     try:
         trusted = KeySet.import_key_set(orjson.loads(trusted_jwks.read_bytes())) if (
             trusted_jwks) else None
-        report = verify_ledger(repo, SigningKeys(SecurityStore(repo)), trusted=trusted)
+        report = verify_ledger(repo, Authority.open(repo, "http://127.0.0.1").keys,
+                               trusted=trusted)
     finally:
         repo.close()
     rate = report.checked / report.seconds if report.seconds else 0.0
@@ -209,3 +228,18 @@ def audit_verify(
         console.print(f"[bold red]LEDGER BROKEN at entry {report.first_bad}[/]: {report.problem}")
         raise typer.Exit(1)
     console.print("[green]ledger intact[/]")
+
+
+
+@keys_app.command("generate-master")
+def keys_generate_master(path: Path) -> None:
+    """Write a new random 256-bit master key (base64, mode 0600) to PATH; point
+    CAREBRIDGE_MASTER_KEY_FILE at it to encrypt resource bodies at rest."""
+    from carebridge.security.crypto import generate_master_key
+
+    try:
+        generate_master_key(path)
+    except FileExistsError:
+        console.print(f"[red]{path} exists; not overwritten[/]")
+        raise typer.Exit(2) from None
+    console.print(f"master key written to {path}")
