@@ -194,3 +194,30 @@ def _message(data: bytes) -> Message:
     parsed = read_frame(data).messages[0][1]
     assert isinstance(parsed, Message)
     return parsed
+
+
+def test_concurrent_updates_of_one_patient_are_all_accepted(
+        hl7: Hl7Processor, repository: Repository) -> None:
+    # Two senders update the same patient and visit at once (on PostgreSQL two transactions
+    # really race: a refined resource changed under a message makes its group run again).
+    import threading
+
+    other = Hl7Processor(hl7.service)
+    codes: list[str] = []
+
+    def sender(processor: Hl7Processor, prefix: str) -> None:
+        for n in range(8):
+            name = f"Lane^Lois{prefix}{n}"
+            codes.append(send(processor, adt("A08", f"{prefix}{n}", name=name))["MSA"][1])
+
+    send(hl7, adt("A01", "START"))
+    threads = [threading.Thread(target=sender, args=(p, x)) for p, x in ((hl7, "A"),
+                                                                       (other, "B"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert codes == ["AA"] * 16
+    assert len(stored(repository, "Patient")) == 1
+    assert len(stored(repository, "Encounter")) == 1
+    assert hl7.store.count_archived() == 17

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from carebridge.fhir.errors import FhirError, NotFound
+from carebridge.fhir.errors import FhirError, NotFound, PreconditionFailed
 from carebridge.ingest.hl7v2 import errors as codes
 from carebridge.ingest.hl7v2.ack import batch_ack, build_ack
 from carebridge.ingest.hl7v2.adt import PATIENT_EVENTS, map_adt
@@ -266,6 +266,12 @@ class Hl7Processor:
                     continue
                 except Hl7Error as exc:
                     raise _Failed(item, exc) from None
+                except PreconditionFailed as exc:
+                    if mapped is not None and any(e.if_match for e in mapped.entries):
+                        # Another process changed a resource this message refines after it
+                        # was read (PostgreSQL, several servers): run the group again.
+                        raise VersionConflict("(refined resource)", "") from None
+                    raise _Failed(item, from_fhir(exc, mapped)) from None
                 except FhirError as exc:
                     raise _Failed(item, from_fhir(exc, mapped)) from None
                 except VersionConflict:
