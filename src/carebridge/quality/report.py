@@ -49,6 +49,7 @@ class QualityReport:
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # type, rule, sev
     examples: dict[str, list[Finding]] = field(default_factory=lambda: defaultdict(list))
     duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # id, id, why
+    recorded: Counter[str] = field(default_factory=Counter)  # type -> versions with warnings
 
 
 def rule_of(issue: Issue) -> str:
@@ -65,7 +66,7 @@ def current_resources(repository: Repository) -> Iterator[dict[str, Any]]:
     while True:
         with repository.session() as session:
             rows = session.query(
-                f"SELECT resource_type, id, body FROM resource WHERE deleted = 0 AND "
+                f"SELECT resource_type, id, body FROM resource WHERE deleted = FALSE AND "
                 f"(resource_type > {mark} OR (resource_type = {mark} AND id > {mark})) "
                 f"ORDER BY resource_type, id LIMIT {_PAGE}", (last[0], last[0], last[1]))
         for _rtype, _rid, body in rows:
@@ -73,6 +74,14 @@ def current_resources(repository: Repository) -> Iterator[dict[str, Any]]:
         if len(rows) < _PAGE:
             return
         last = (rows[-1][0], rows[-1][1])
+
+
+def recorded_on_write(repository: Repository) -> Counter[str]:
+    """Versions stored with warnings (services/validation.py), by resource type."""
+    with repository.session() as session:
+        rows = session.query("SELECT resource_type, COUNT(*) FROM validation_issue "
+                             "GROUP BY resource_type", ())
+    return Counter({str(rtype): int(n) for rtype, n in rows})
 
 
 def _json(body: Any) -> dict[str, Any]:
@@ -104,6 +113,7 @@ def build_report(repository: Repository, validator: Validator | None = None) -> 
                                         ", ".join(issue.expression), issue.diagnostics))
         if rtype == "Patient":
             patients.append(resource)
+    report.recorded = recorded_on_write(repository)
     for first, second, why in likely_duplicates(patients):
         report.duplicates.append((first, second, why))
         report.counts[("Patient", "duplicate-patient", "warning")] += 1
@@ -191,6 +201,9 @@ def render_report(report: QualityReport, console: Console, limit: int = 3) -> No
         for finding in findings[:limit]:
             console.print(f"  [{finding.severity}] {rule} {finding.reference} "
                           f"{finding.expression}: {finding.message}", markup=False)
+    if report.recorded:
+        console.print("versions stored with warnings (kept at write time): " + ", ".join(
+            f"{rtype} {n}" for rtype, n in sorted(report.recorded.items())))
     for first, second, why in report.duplicates[: max(limit, 10)]:
         console.print(f"  [warning] duplicate-patient {first} ~ {second}: {why}",
                       markup=False)

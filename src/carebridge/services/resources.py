@@ -136,6 +136,7 @@ class ResourceService:
                 with self.repository.session(write=True) as session:
                     result = work(session, pending)
                     pending.flush(session)
+                    self.validation.record(session, pending.writes, pending.issues)
             except VersionConflict as exc:
                 if retry and attempt < _RETRIES - 1:
                     continue
@@ -164,7 +165,7 @@ class ResourceService:
         """Queue a new version (``resource`` None: a deletion) with its search index rows.
 
         Every version is validated here (services/validation.py): errors raise, warnings are
-        kept in a Provenance staged with it.
+        returned with the write and recorded with the version when it is stored.
         """
         body = None
         index = None
@@ -180,9 +181,6 @@ class ResourceService:
         self.validation.stored(resource_type, resource)
         if warnings:
             pending.issues[(resource_type, resource_id)] = tuple(warnings)
-            record = self.validation.provenance(new, warnings, moment)
-            self.stage(pending, record, "Provenance", record["id"], 1, "POST", moment, None,
-                       validate=False)
         return new
 
     def parse(self, body: bytes | Resource, resource_type: str | None) -> Resource:

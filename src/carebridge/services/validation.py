@@ -10,9 +10,12 @@ stage writes through the service). Modes (setting ``validation``, env
 * ``off``: nothing is checked beyond the top-level shape.
 
 Warnings (extensible bindings, data-quality rules, downgraded errors) are returned with the
-write and kept with the resource in a ``Provenance`` (target: the exact version; a contained
-``OperationOutcome`` holds the issues), so they can be read back and counted later
-(``GET /fhir/Provenance?target=Observation/123`` and ``carebridge quality report``).
+write (``Prefer: return=OperationOutcome``, or a bundle entry's ``response.outcome``) and kept
+with the version they belong to in the ``validation_issue`` table, in the same database
+transaction: one row per (type, id, version) holding the OperationOutcome. A table rather than
+Provenance resources, so the warnings neither change the resources a client stored nor add
+resources of their own to searches, counts and exports. They are read back with
+:meth:`WriteValidation.recorded` and counted by ``carebridge quality report``.
 
 Profiles named in ``meta.profile`` that are not core are looked up among the
 StructureDefinitions stored on this server (by ``url``), compiled and cached per version.
@@ -21,19 +24,18 @@ StructureDefinitions stored on this server (by ``url``), compiled and cached per
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
-from carebridge.fhir.resource import format_instant, new_id
+from carebridge.fhir.resource import format_instant
 from carebridge.fhir.validation import Validator, raise_for_errors
 from carebridge.fhir.validation.snapshot import complete_snapshot
 from carebridge.quality.rules import check_quality
-from carebridge.storage.base import Repository, StoredVersion
+from carebridge.storage.base import Repository, Session, Write
 
 if TYPE_CHECKING:
     from carebridge.security.policy import Caller
@@ -41,9 +43,6 @@ if TYPE_CHECKING:
 
 MODES = ("strict", "warn", "off")
 PROFILE_TTL = 10.0
-VALIDATOR_AGENT = "carebridge validator"
-_ACTIVITY = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
-_METHOD_ACTIVITY = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE"}
 
 
 class WriteValidation:
@@ -88,24 +87,39 @@ class WriteValidation:
                 self.validator.forget(url)
                 self._lookups.pop(url.split("|", 1)[0], None)
 
-    @staticmethod
-    def provenance(version: StoredVersion, issues: Iterable[Issue],
-                   moment: datetime) -> dict[str, Any]:
-        """A Provenance that keeps the warnings of one stored version."""
-        outcome = operation_outcome(list(issues))
-        outcome["id"] = "validation"
-        activity = _METHOD_ACTIVITY.get(version.method, "UPDATE")
-        return {
-            "resourceType": "Provenance",
-            "id": new_id(),
-            "contained": [outcome],
-            "target": [{"reference": f"{version.resource_type}/{version.id}/_history/"
-                                     f"{version.version}"}],
-            "recorded": format_instant(moment),
-            "activity": {"coding": [{"system": _ACTIVITY, "code": activity}]},
-            "agent": [{"who": {"display": VALIDATOR_AGENT}}],
-            "entity": [{"role": "source", "what": {"reference": "#validation"}}],
-        }
+    def record(self, session: Session, writes: Sequence[Write],
+               issues: Mapping[tuple[str, str], tuple[Issue, ...]]) -> None:
+        """Keep the warnings of the versions just stored (same database transaction)."""
+        if not issues:
+            return
+        mark = "?" if self._dialect() == "sqlite" else "%s"
+        sql = (f"INSERT INTO validation_issue (resource_type, id, version, recorded, issues, "
+               f"outcome) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
+               f"RETURNING version")
+        for write in writes:
+            version = write.version
+            found = issues.get((version.resource_type, version.id))
+            if not found or version.deleted:
+                continue
+            moment: Any = version.last_updated
+            if mark == "?":
+                moment = format_instant(moment)
+            session.query(sql, (version.resource_type, version.id, version.version, moment,
+                                len(found), orjson.dumps(operation_outcome(list(found)))))
+
+    def recorded(self, resource_type: str, resource_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """(version, OperationOutcome) of the warnings kept for a resource, oldest first."""
+        if self.repository is None:
+            return []
+        mark = "?" if self._dialect() == "sqlite" else "%s"
+        with self.repository.session() as session:
+            rows = session.query(
+                f"SELECT version, outcome FROM validation_issue WHERE resource_type = {mark} "
+                f"AND id = {mark} ORDER BY version", (resource_type, resource_id))
+        return [(int(v), orjson.loads(bytes(o))) for v, o in rows]
+
+    def _dialect(self) -> str:
+        return self.repository.dialect if self.repository is not None else "sqlite"
 
     # ------------------------------------------------------------------ profiles
 

@@ -147,6 +147,13 @@ def _comparable(left: Any, right: Any) -> tuple[Any, Any]:
         raise Unsupported("ordering booleans")
     if isinstance(left, int | float) and isinstance(right, int | float):
         return left, right
+    if isinstance(left, dict) and isinstance(right, dict):
+        # Quantities in the same unit compare by value; other units need UCUM: fall back.
+        a, b = left.get("value"), right.get("value")
+        if (left.get("code"), left.get("system")) == (right.get("code"), right.get("system")) \
+                and isinstance(a, int | float) and isinstance(b, int | float):
+            return a, b
+        raise Unsupported("quantities in different units")
     if isinstance(left, str) and isinstance(right, str):
         if _DATEISH.match(left) or _DATEISH.match(right):
             return _date_key(left), _date_key(right)

@@ -177,6 +177,9 @@ def _rule(element: dict[str, Any], type_path: str) -> ElementRule:
     )
     for type_ref in element.get("type", ()):
         code = type_code(type_ref)
+        if (name == "id" and path.count(".") == 1 and registry.is_resource_type(
+                path.split(".", 1)[0])) or path in ("Resource.id", "DomainResource.id"):
+            code = "id"  # the snapshot says System.String, resource.html says id
         key = name + code[:1].upper() + code[1:] if choice else name
         rule.types[key] = TypeRule(
             code=code,

@@ -39,6 +39,7 @@ def complete_snapshot(sd: dict[str, Any], lookup: ProfileLookup) -> None:
         element_id = diff.get("id") or diff.get("path")
         if not isinstance(element_id, str):
             continue
+        element_id = _resolve_choices(elements, element_id)
         target = _find(elements, element_id) or _make(elements, element_id)
         if target is None:
             raise Unprocessable(
@@ -54,7 +55,40 @@ def complete_snapshot(sd: dict[str, Any], lookup: ProfileLookup) -> None:
                                         *(c for c in value if c.get("key") not in known)]
             else:
                 target[key] = copy.deepcopy(value)
+    for element in elements:
+        # The vendored core definitions leave out prose (fhir/definitions/README.md); a
+        # snapshot must carry it (sdf-3, eld-18), so point at the published base instead.
+        if "definition" not in element:
+            element["definition"] = element.get("short") or (
+                f"As in the base definition {base_url}")
+        if element.get("isModifier") and "isModifierReason" not in element:
+            element["isModifierReason"] = f"As in the base definition {base_url}"
     sd["snapshot"] = {"element": elements}
+
+
+def _resolve_choices(elements: list[dict[str, Any]], element_id: str) -> str:
+    """``Observation.valueQuantity.value`` -> ``Observation.value[x]:valueQuantity.value`` (or
+    ``Observation.value[x].value``), the id form snapshots use for a typed choice."""
+    known = {e.get("id", e.get("path")) for e in elements}
+    parts = element_id.split(".")
+    current = parts[0]
+    for segment in parts[1:]:
+        candidate = f"{current}.{segment}"
+        if candidate not in known and "[x]" not in segment:
+            name = segment.split(":", 1)[0]
+            for other in known:
+                if not isinstance(other, str) or not other.startswith(current + "."):
+                    continue
+                rest = other[len(current) + 1:]
+                if "." in rest or not rest.endswith("[x]"):
+                    continue
+                stem = rest[:-3]
+                if name.startswith(stem) and name[len(stem):][:1].isupper():
+                    typed = f"{current}.{stem}[x]:{name}"
+                    candidate = typed if typed in known else f"{current}.{stem}[x]"
+                    break
+        current = candidate
+    return current
 
 
 def _find(elements: list[dict[str, Any]], element_id: str) -> dict[str, Any] | None:
