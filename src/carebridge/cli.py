@@ -19,6 +19,7 @@ from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir
 from carebridge.ingest.hl7v2.commands import hl7_app
+from carebridge.security import logfilter
 from carebridge.security.commands import (
     audit_app,
     client_app,
@@ -354,4 +355,5 @@ def quality_report(database: Database = DEFAULT_DATABASE_URL,
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    logfilter.install()  # no exception messages or tracebacks (possible PHI) in the logs
     app()

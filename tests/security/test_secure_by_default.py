@@ -79,3 +79,41 @@ def test_real_server_secured_and_insecure(tmp_path: object) -> None:
             assert reply.status == 200
             assert "authentication disabled" in reply.headers["x-carebridge-insecure"]
         assert "INSECURE DEVELOPMENT MODE" in server.output()
+
+
+def test_cors_is_closed_unless_an_origin_is_configured(repository: Any) -> None:
+    from starlette.testclient import TestClient
+
+    from carebridge.api import create_api
+    from carebridge.api.middleware import ApiSecurity
+    from carebridge.security.authority import Authority
+    from carebridge.services import ResourceService
+
+    authority = Authority.open(repository, "http://testserver")
+    for origins, allowed in (((), False), (("https://app.example",), True)):
+        app = create_api(ResourceService(repository), security=ApiSecurity(
+            authority=authority, cors_origins=origins))
+        with TestClient(app) as client:
+            for origin in ("https://app.example", "https://evil.example"):
+                reply = client.options("/fhir/Patient", headers={
+                    "Origin": origin, "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization"})
+                granted = reply.headers.get("access-control-allow-origin") == origin
+                assert granted == (allowed and origin == "https://app.example"), (
+                    origins, origin)
+
+
+def test_errors_carry_no_stack_trace_and_logs_no_exception_text() -> None:
+    import logging
+
+    from carebridge.security.logfilter import RedactingFilter
+
+    try:
+        raise ValueError("Patient Quibblethwaite MRN-1234 broke it")
+    except ValueError as exc:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "unexpected error", None,
+                                   (type(exc), exc, exc.__traceback__))
+    RedactingFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert "Quibblethwaite" not in text and "MRN-1234" not in text
+    assert "Traceback" not in text and "ValueError at " in text

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from carebridge.api.auth_openapi import OPENAPI
 from carebridge.api.oauth import oauth_routes
 from carebridge.security.authority import Authority
 
@@ -57,9 +58,13 @@ def smart_routes(authority: Authority) -> list[BaseRoute]:
     async def jwks(request: Request) -> Response:
         return JSONResponse(authority.keys.jwks(), headers={"cache-control": "max-age=300"})
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
     return [
         Route("/.well-known/smart-configuration", configuration, methods=["GET"]),
         Route("/fhir/.well-known/smart-configuration", configuration, methods=["GET"]),
         Route("/oauth/jwks", jwks, methods=["GET"]),
+        Route("/oauth/openapi.json", openapi, methods=["GET"]),
         *oauth_routes(authority),
     ]
