@@ -32,12 +32,14 @@ keeps the message and retries.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from carebridge.fhir.errors import FhirError, NotFound, PreconditionFailed
+from carebridge.fhir.errors import Conflict, FhirError, NotFound, PreconditionFailed
 from carebridge.ingest.hl7v2 import errors as codes
 from carebridge.ingest.hl7v2.ack import batch_ack, build_ack
 from carebridge.ingest.hl7v2.adt import PATIENT_EVENTS, map_adt
@@ -57,6 +59,7 @@ from carebridge.storage.base import Session, VersionConflict
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_CONTENDED = 20  # group re-runs after run_write's own retries lost to concurrent writers
 ADT_EVENTS = {"A01", "A02", "A03", "A04", "A05", "A08", "A11", "A13", "A40"} | PATIENT_EVENTS
 
 
@@ -225,9 +228,18 @@ class Hl7Processor:
         the messages (then nothing is acknowledged)."""
         outcomes: dict[int, Outcome] = {}
         todo = list(items)
+        contended = 0
         while todo:
             try:
                 self.service.run_write(self._group_work(todo), retry=True)
+            except Conflict:
+                # run_write's immediate retries all lost to concurrent writers (PostgreSQL,
+                # several servers on one patient): back off a little and run it again.
+                contended += 1
+                if contended > _CONTENDED:
+                    raise
+                time.sleep(random.uniform(0.001, 0.005 * contended))
+                continue
             except _Failed as failed:
                 outcomes[id(failed.item)] = self._failed(failed.item.message, failed.error)
                 todo = [i for i in todo if i is not failed.item]
