@@ -3,12 +3,16 @@ the group commit's isolation of a failing message."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 from typer.testing import CliRunner
 
 from carebridge.cli import app as cli
 from carebridge.ingest.hl7v2.parsing import Message, read_frame
 from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.security.crypto import clear_session, generate_master_key, open_data_repository
+from carebridge.services import ResourceService
 from carebridge.storage import Repository
 
 from .conftest import (
@@ -181,3 +185,28 @@ def test_a_batch_is_answered_with_a_batch_of_acks(hl7: Hl7Processor,
                    ["AA", "12334456778890"]]
     assert hl7.store.count_archived() == 2
     assert len(stored(repository, "Patient")) == 1   # the same patient each time
+
+
+def test_archive_and_error_queue_are_encrypted_at_rest(database_url: str,
+                                                       tmp_path: Path) -> None:
+    key = tmp_path / "master.key"
+    generate_master_key(key)
+    repository = open_data_repository(database_url, str(key))
+    try:
+        processor = Hl7Processor(ResourceService(repository))
+        processor.handle_frame(A01)                                   # archived
+        processor.handle_frame(sample("A40-REDOX-A40-2-v2.3.txt"))    # queued (AE)
+        with repository.session() as session:
+            raw = clear_session(session)
+            stored_bytes = [bytes(v) for row in raw.query(
+                "SELECT message, ack FROM hl7v2_message UNION ALL"
+                " SELECT message, ack FROM hl7v2_error", ()) for v in row]
+        assert len(stored_bytes) == 4
+        for value in stored_bytes:
+            assert b"Winson" not in value and b"Bixby" not in value and b"MSH|" not in value
+        archived = processor.store.archived("VHIS|VHIS", "MSG015410771930-19")
+        assert archived is not None and b"Winson^Patient1" in archived.message
+        [queued] = processor.store.errors()
+        assert b"Bixby^Timothy" in queued.message
+    finally:
+        repository.close()

@@ -5,9 +5,11 @@ the resources the message produced (see :mod:`carebridge.ingest.hl7v2.processor`
 and "archived" cannot disagree, and its UNIQUE (sender, control_id) key is the durable record
 of exactly-once delivery.
 
-Encryption seam: message and ACK bytes pass through a :class:`MessageCipher` before they are
-written and after they are read; ``key_id`` is stored beside them. Until encryption at rest
-lands (security issue), :class:`Plaintext` is used and ``key_id`` is NULL.
+Encryption at rest: message and ACK bytes pass through a :class:`MessageCipher` before they
+are written and after they are read, and ``key_id`` is stored beside them. By default the
+store uses the repository's own encryption (``carebridge.security.crypto``: AES-256-GCM under
+the rotating data keys) when a master key is configured, so an archived message is sealed
+exactly like the resources made from it; otherwise :class:`Plaintext` (``key_id`` NULL).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from carebridge.security.crypto import BodyCipher, cipher_of
 from carebridge.storage.base import Repository, Session
 
 
@@ -40,6 +43,27 @@ class Plaintext:
 
     def open(self, sealed: bytes, key_id: str | None) -> bytes:
         return sealed
+
+
+class SealedAtRest:
+    """The repository's encryption at rest as a :class:`MessageCipher` (sealed values carry
+    their data key id themselves; clear values written before encryption still open)."""
+
+    key_id: str | None = "aes-256-gcm"
+
+    def __init__(self, cipher: BodyCipher) -> None:
+        self.cipher = cipher
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return self.cipher.seal(plaintext)
+
+    def open(self, sealed: bytes, key_id: str | None) -> bytes:
+        return self.cipher.open(sealed)
+
+
+def default_cipher(repository: Repository) -> MessageCipher:
+    body = cipher_of(repository)
+    return Plaintext() if body is None else SealedAtRest(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +110,7 @@ class MessageStore:
 
     def __init__(self, repository: Repository, cipher: MessageCipher | None = None) -> None:
         self.repository = repository
-        self.cipher: MessageCipher = cipher or Plaintext()
+        self.cipher: MessageCipher = cipher or default_cipher(repository)
         self._mark = "?" if repository.dialect == "sqlite" else "%s"
 
     def _sql(self, sql: str) -> str:
