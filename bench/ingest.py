@@ -508,7 +508,8 @@ def run_backend(backend: str, bundles: Sequence[Bundle], args: argparse.Namespac
                 pg: ThrowawayPostgres | None, workdir: Path) -> BackendResult:
     result = BackendResult(backend)
     total = sum(b.entries for b in bundles)
-    print(f"\n== {backend}: {len(bundles)} bundles, {total} resources ==", flush=True)
+    print(f"\n== {backend}: {len(bundles)} bundles, {total} resources, validation"
+          f" {args.validation} ==", flush=True)
 
     # Floor first, each round on a fresh database of the same kind (same PostgreSQL server);
     # the median round counts (a round is short, so one alone is noisy).
@@ -528,7 +529,7 @@ def run_backend(backend: str, bundles: Sequence[Bundle], args: argparse.Namespac
         assert pg is not None
         server_url = pg.create_database("bench_carebridge")
 
-    with ServerProcess(server_url) as server:
+    with ServerProcess(server_url, env={"CAREBRIDGE_VALIDATION": args.validation}) as server:
         result.ingest, stored = ingest_over_http(server.base_url, bundles, args.concurrency)
         result.memory_kb = {f"after_ingest_{k}": v for k, v in proc_memory_kb(server.pid).items()}
         rng = random.Random(SEED)
@@ -621,6 +622,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                         help="folder of Synthea bundles (default ../shared/data/synthea-r4)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures here")
+    parser.add_argument("--validation", choices=("strict", "warn", "off"), default="strict",
+                        help="the server's validation mode (default strict); run with off "
+                             "too to see what validation adds to ingest")
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

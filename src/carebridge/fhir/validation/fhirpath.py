@@ -259,8 +259,28 @@ class _Compiler:
             functn = node["children"][0]
             name = functn["children"][0]["text"]
             params = functn["children"][1]["children"] if len(functn["children"]) > 1 else []
+            if name in ("is", "as", "ofType") and len(params) == 1:
+                return self._type_test(name, str(params[0].get("text", "")), source)
             return self._function(name, [self.compile(p) for p in params], source)
         raise Unsupported(kind)
+
+    @staticmethod
+    def _type_test(name: str, type_name: str, source: Fn | None) -> Fn:
+        """``is``/``as``/``ofType`` on resources (their resourceType names the type)."""
+        src: Fn = source if source is not None else (lambda focus, env: focus)
+        wanted = type_name.removeprefix("FHIR.")
+
+        def type_test(focus: Collection, env: Env) -> Collection:
+            items = src(focus, env)
+            if not all(isinstance(i, dict) and "resourceType" in i for i in items):
+                raise Unsupported("type test on a non-resource")
+            kept = [i for i in items if i["resourceType"] == wanted]
+            if name == "is":
+                if len(items) > 1:
+                    raise Unsupported("is on a collection")
+                return [bool(kept)] if items else []
+            return kept
+        return type_test
 
     def _function(self, name: str, params: list[Fn], source: Fn | None) -> Fn:
         src: Fn = source if source is not None else (lambda focus, env: focus)
@@ -454,6 +474,13 @@ class _Compiler:
 
     def _AdditiveExpression(self, node: dict[str, Any]) -> Fn:
         left, right, op = self._logic(node)
+        if op == "&":
+            def concatenate(focus: Collection, env: Env) -> Collection:
+                a, b = left(focus, env), right(focus, env)
+                if len(a) > 1 or len(b) > 1 or not all(isinstance(x, str) for x in a + b):
+                    raise Unsupported("& on non-strings")
+                return [(a[0] if a else "") + (b[0] if b else "")]
+            return concatenate
         if op not in ("+", "-"):
             raise Unsupported(op)
 
