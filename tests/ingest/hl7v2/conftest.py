@@ -12,6 +12,7 @@ import pytest
 
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.services import ResourceService
+from carebridge.services.validation import WriteValidation
 from carebridge.storage import Repository
 
 DATA = Path(__file__).parent / "data"
@@ -27,8 +28,11 @@ def python_hl7_samples() -> SimpleNamespace:
 
 
 @pytest.fixture
-def hl7(service: ResourceService) -> Hl7Processor:
-    return Hl7Processor(service)
+def hl7(repository: Repository) -> Hl7Processor:
+    """The processor over a service that validates every write strictly (as the server's
+    does), so every test also shows the mapped resources are valid R4."""
+    return Hl7Processor(ResourceService(repository,
+                                        validation=WriteValidation(repository, "strict")))
 
 
 def stored(repository: Repository, resource_type: str) -> list[dict[str, Any]]:

@@ -9,8 +9,9 @@ from rich.console import Console
 
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.ingest.hl7v2.store import MessageStore
+from carebridge.security.crypto import open_data_repository
 from carebridge.services.resources import ResourceService
-from carebridge.storage import open_repository
+from carebridge.services.validation import WriteValidation
 from carebridge.storage.factory import DEFAULT_DATABASE_URL
 
 hl7_app = typer.Typer(help="HL7 v2 feeds: the error queue", no_args_is_help=True)
@@ -27,7 +28,7 @@ def errors(database: Database = DEFAULT_DATABASE_URL,
            all_: Annotated[bool, typer.Option("--all", help="resolved ones too")] = False,
            limit: int = 100) -> None:
     """List rejected or failed messages kept for replay (open ones by default)."""
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # the archive is sealed when a master key is set
     try:
         queued = MessageStore(repo).errors(status=None if all_ else "open", limit=limit)
     finally:
@@ -44,12 +45,14 @@ def errors(database: Database = DEFAULT_DATABASE_URL,
 def replay(error_id: Annotated[int, typer.Argument(help="id from `carebridge hl7 errors`")],
            database: Database = DEFAULT_DATABASE_URL) -> None:
     """Run one queued message again (after fixing what made it fail). Exits 1 if it fails."""
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # encrypted at rest when a master key is set
     try:
         if MessageStore(repo).error(error_id) is None:
             console.print(f"[red]no HL7 v2 error #{error_id}[/]")
             raise typer.Exit(2)
-        outcome = Hl7Processor(ResourceService(repo)).replay(error_id)
+        # validated like every other write (the server's default mode, strict)
+        service = ResourceService(repo, validation=WriteValidation(repo, "strict"))
+        outcome = Hl7Processor(service).replay(error_id)
     finally:
         repo.close()
     console.print(outcome.ack.replace("\r", "\n").rstrip())
