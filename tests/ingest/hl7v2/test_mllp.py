@@ -180,6 +180,7 @@ def test_idle_connection_is_closed(hl7: Hl7Processor) -> None:
     (b"MSH|^~\\&|A|B|||2024||MFN^M02|M1|P|2.5.1\rMFI|1", "AR", "MSH^1^9^1^1", "200"),
     (b"MSH|^~\\&|A|B|||2024||ADT^A01|M2|P|2.5.1||||||EBCDIC\rPID|1", "AR", "MSH^1^18^1",
      "103"),
+    (b"MSH|^~\\&|A|B|||2024||ADT^A01|M8|P|3.0\rPID|1", "AR", "MSH^1^12^1", "203"),
     (b"MSH|^~\\&|A|B|||2024||ADT^A01|M3|P|2.5.1\rPID|1||7^^^H^MR||X^Y||2001|Q", "AE",
      "PID^1^8^1", "103"),
     (b"MSH|^~\\&|A|B|||2024||ADT^A01|M4|P|2.5.1\rPID|1||||X^Y", "AE", "PID^1^3^1", "101"),

@@ -207,3 +207,13 @@ def test_results_do_not_overwrite_demographics(hl7: Hl7Processor,
     assert patient["name"][0]["given"] == ["Ana", "Maria"]
     assert patient["address"][0]["city"] == "Sevilla"
     assert patient["meta"]["versionId"] == "1"
+
+
+def test_notes_after_an_obx_become_observation_notes(hl7: Hl7Processor,
+                                                     repository: Repository) -> None:
+    message = oru("N1", ["NM|2345-7^Glucose^LN||95|mg/dL|70-99|N|||F"]).decode()
+    message += "\rNTE|1|L|Fasting sample.~Drawn at 07:00.\rNTE|2|L|Repeat in 3 months."
+    assert ack_fields(hl7.handle_frame(message.encode()))["MSA"][1] == "AA"
+    [obs] = stored(repository, "Observation")
+    assert obs["note"] == [{"text": "Fasting sample.\nDrawn at 07:00."},   # NTE-3 repeats
+                           {"text": "Repeat in 3 months."}]

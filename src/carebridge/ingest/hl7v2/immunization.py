@@ -34,7 +34,7 @@ from carebridge.ingest.hl7v2.mapping import (
     keyed_id,
     sending_facility,
 )
-from carebridge.ingest.hl7v2.observations import observation
+from carebridge.ingest.hl7v2.observations import add_notes, observation
 from carebridge.ingest.hl7v2.parsing import Message, Segment, part
 from carebridge.ingest.hl7v2.results import OBSERVATION_KEY, subject_entries
 from carebridge.ingest.hl7v2.vocabulary import COMPLETION_STATUS, V2_TABLE, ucum_unit
@@ -153,6 +153,7 @@ def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segm
         key_system, key_value = OBSERVATION_KEY + "immunization", f"{message.control_id}"
     for obx in obxs:
         obs = observation(obx, subject, encounter, occurred)
+        add_notes(obs, message, obx)
         obs["partOf"] = [{"reference": entry.reference}]
         obs["identifier"] = [{"system": key_system,
                               "value": f"{key_value}/{obx.value(1) or obx.sequence}"}]

@@ -33,7 +33,7 @@ from carebridge.ingest.hl7v2.errors import (
     TABLE_VALUE_NOT_FOUND,
     MessageError,
 )
-from carebridge.ingest.hl7v2.parsing import Composite, Segment, part
+from carebridge.ingest.hl7v2.parsing import Composite, Message, Segment, part
 from carebridge.ingest.hl7v2.vocabulary import (
     ABNORMAL_FLAGS,
     INTERPRETATION,
@@ -116,6 +116,19 @@ def observation(obx: Segment, subject: str, encounter: str | None,
         resource["category"] = [{"coding": [{"system": CATEGORY, "code": category,
                                              "display": "Vital Signs"}]}]
     return resource
+
+
+def add_notes(resource: Json, message: Message, obx: Segment) -> None:
+    """NTE segments right after an OBX -> Observation.note (IG NTE[Observation]: NTE-3)."""
+    notes = []
+    for segment in message.segments[obx.position + 1:]:
+        if segment.name != "NTE":
+            break
+        text = "\n".join(part(rep, 1) for rep in segment.repetitions(3))
+        if text.strip():
+            notes.append({"text": text})
+    if notes:
+        resource["note"] = [*resource.get("note", []), *notes]
 
 
 def _interpretation(flag: Composite, obx: Segment) -> Json:

@@ -202,6 +202,10 @@ class Hl7Processor:
         return Item(message, self._mapper(message), ack)
 
     def _mapper(self, message: Message) -> Mapper:
+        version = message.header.value(12)
+        if version and not version.startswith("2."):
+            raise MessageRejected(f"HL7 version {version!r} is not supported (v2.x)",
+                                  codes.UNSUPPORTED_VERSION_ID, "MSH", 1, 12)
         code, event = message.message_code, message.trigger_event
         if code == "ADT":
             if event not in ADT_EVENTS:

@@ -36,7 +36,7 @@ from carebridge.ingest.hl7v2.mapping import (
     patient_key,
     sending_facility,
 )
-from carebridge.ingest.hl7v2.observations import observation
+from carebridge.ingest.hl7v2.observations import add_notes, observation
 from carebridge.ingest.hl7v2.parsing import Message, Segment
 from carebridge.ingest.hl7v2.patient import patient_resource
 from carebridge.ingest.hl7v2.vocabulary import PATIENT_CLASS, REPORT_STATUS, V2_TABLE
@@ -143,6 +143,7 @@ def _report(message: Message, orc: Segment | None, obr: Segment, obxs: list[Segm
     system = OBSERVATION_KEY + quote(identifier.get("system", ""), safe="")
     for obx in obxs:
         resource = observation(obx, subject, encounter, observed)
+        add_notes(resource, message, obx)
         key = _observation_key(obx, seen)
         resource["identifier"] = [{"system": system, "value": f"{identifier['value']}/{key}"}]
         resource["id"] = keyed_id("Observation", resource["identifier"][0])
