@@ -163,3 +163,17 @@ def test_master_key_text_forms() -> None:
     assert LocalMasterKey.from_text(base64.b64encode(raw)).key_id == LocalMasterKey(raw).key_id
     with pytest.raises(ValueError, match="32"):
         LocalMasterKey.from_text("c2hvcnQ=")
+
+
+def test_totp_seeds_are_sealed(encrypted: EncryptedRepository) -> None:
+    import pyotp
+
+    from carebridge.security.store import SecurityStore
+
+    users = Authority.open(encrypted, "http://x").users
+    secret = users.add("house", "correct horse battery", {"physician"})
+    assert secret
+    stored = SecurityStore(encrypted.inner).query(
+        "SELECT totp_secret FROM sec_user WHERE username = 'house'")[0][0]
+    assert stored.startswith("sealed:") and secret not in stored
+    assert users.authenticate("house", "correct horse battery", pyotp.TOTP(secret).now())

@@ -50,7 +50,8 @@ class Authority:
         issuer = TokenIssuer(keys, base_url, fhir_base)
         verifier = TokenVerifier(keys, store, base_url, fhir_base, external)
         hasher = hasher or PasswordHasher()
-        users = UserDirectory(store, hasher)
+        users = UserDirectory(store, hasher, seal=cipher.seal if cipher else None,
+                              unseal=cipher.open if cipher else None)
         clients = ClientRegistry(store, hasher)
         ledger = AuditLedger(repository, keys, interval=audit_interval)
 

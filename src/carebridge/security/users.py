@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyotp
@@ -55,9 +57,14 @@ class User:
 
 
 class UserDirectory:
-    def __init__(self, store: SecurityStore, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, store: SecurityStore, hasher: PasswordHasher | None = None,
+                 seal: Callable[[bytes], bytes] | None = None,
+                 unseal: Callable[[bytes], bytes] | None = None) -> None:
+        """``seal``/``unseal``: how TOTP seeds are kept (sealed under the data keys when
+        encryption at rest is on; stored as ``sealed:<base64>``)."""
         self.store = store
         self.hasher = hasher or PasswordHasher()
+        self.seal, self.unseal = seal, unseal
         self._dummy = self.hasher.hash("not a password anyone has")
 
     def add(self, username: str, password: str, roles: set[str],
@@ -74,8 +81,8 @@ class UserDirectory:
         self.store.execute(
             "INSERT INTO sec_user (username, password_hash, roles, patient_id, totp_secret,"
             " created) VALUES (?, ?, ?, ?, ?, ?)",
-            (username, self.hasher.hash(password), " ".join(sorted(roles)), patient_id, secret,
-             now()))
+            (username, self.hasher.hash(password), " ".join(sorted(roles)), patient_id,
+             self._keep(secret), now()))
         return secret
 
     def get(self, username: str) -> User | None:
@@ -85,7 +92,20 @@ class UserDirectory:
         if not rows:
             return None
         name, roles, patient, secret, disabled = rows[0]
-        return User(name, frozenset(roles.split()), patient, secret, bool(disabled))
+        return User(name, frozenset(roles.split()), patient, self._read(secret),
+                    bool(disabled))
+
+    def _keep(self, secret: str | None) -> str | None:
+        if secret is None or self.seal is None:
+            return secret
+        return "sealed:" + base64.b64encode(self.seal(secret.encode())).decode()
+
+    def _read(self, stored: str | None) -> str | None:
+        if stored is None or not stored.startswith("sealed:"):
+            return stored
+        if self.unseal is None:
+            raise RuntimeError("TOTP seeds are sealed: configure the master key")
+        return self.unseal(base64.b64decode(stored[7:])).decode()
 
     def set_password(self, username: str, password: str) -> bool:
         if len(password) < 12:
@@ -103,7 +123,7 @@ class UserDirectory:
         secret = pyotp.random_base32()
         if not self.store.execute(
                 "UPDATE sec_user SET totp_secret = ?, totp_last = 0, failures = 0,"
-                " locked_until = 0 WHERE username = ?", (secret, username)):
+                " locked_until = 0 WHERE username = ?", (self._keep(secret), username)):
             raise KeyError(username)
         return secret
 
