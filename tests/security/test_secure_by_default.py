@@ -27,7 +27,10 @@ def test_everything_but_discovery_needs_a_token(secured: Secured) -> None:
         assert reply.status_code == 401, (method, path)
         assert reply.headers["www-authenticate"].startswith("Bearer")
         assert reply.json()["resourceType"] == "OperationOutcome"
-    assert client.get("/fhir/metadata").status_code == 200
+    statement = client.get("/fhir/metadata").json()
+    uris = {e["url"]: e["valueUri"] for e in statement["rest"][0]["security"]["extension"][0][
+        "extension"]}
+    assert uris["authorize"] == "http://testserver/oauth/authorize"  # SMART 1.0 clients
     config = client.get("/fhir/.well-known/smart-configuration").json()
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert config["token_endpoint"] == "http://testserver/oauth/token"

@@ -20,7 +20,7 @@ from carebridge.api.fhir_routes import FhirRoutes
 from carebridge.api.middleware import ApiSecurity, SecurityLayer
 from carebridge.api.monitoring_routes import monitoring_routes
 from carebridge.api.responses import fhir_json
-from carebridge.api.smart import smart_routes
+from carebridge.api.smart import rest_security, smart_routes
 from carebridge.fhir.errors import FhirError, MethodNotAllowed
 from carebridge.fhir.resource import format_instant, now_instant
 from carebridge.monitoring.runtime import Monitoring
@@ -51,6 +51,8 @@ def create_api(
     async def metadata(request: Request) -> Response:
         neg.check_accept(request)
         statement = capability_statement(fhir.base_url(request), started)
+        if security is not None and security.authority is not None:
+            statement["rest"][0]["security"] = rest_security(security.authority)
         return fhir_json(statement, pretty=neg.pretty(request))
 
     async def not_allowed(request: Request) -> Response:

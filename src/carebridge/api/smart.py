@@ -51,6 +51,24 @@ def smart_configuration(authority: Authority) -> dict[str, Any]:
     }
 
 
+def rest_security(authority: Authority) -> dict[str, Any]:
+    """``CapabilityStatement.rest.security`` for SMART clients that still read the endpoints
+    there (SMART 1.0's oauth-uris extension; 2.0 keeps it as deprecated)."""
+    base = authority.base_url
+    uris = [{"url": "authorize", "valueUri": f"{base}/oauth/authorize"},
+            {"url": "token", "valueUri": f"{base}/oauth/token"},
+            {"url": "introspect", "valueUri": f"{base}/oauth/introspect"},
+            {"url": "revoke", "valueUri": f"{base}/oauth/revoke"}]
+    return {
+        "cors": False,
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}],
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/"
+                              "oauth-uris", "extension": uris}],
+    }
+
+
 def smart_routes(authority: Authority) -> list[BaseRoute]:
     async def configuration(request: Request) -> Response:
         return JSONResponse(smart_configuration(authority))
