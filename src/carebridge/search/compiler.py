@@ -131,7 +131,7 @@ class Compiler:
             found = f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own} AND ({ors}))"
         return f"NOT {found}" if negate else found
 
-    def driver(self, types: tuple[str, ...], criterion: Criterion) -> str:
+    def driver(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
         """A subquery of the distinct ``(resource_type, id)`` pairs matching a positive
         criterion, to lead a join: only current resources have index rows."""
         if criterion.code == "_id" and criterion.chain is None:
@@ -139,7 +139,7 @@ class Compiler:
             scope = self._scope(types, "c.resource_type")
             return (f"SELECT c.resource_type, c.id FROM resource c WHERE {scope}"
                     f" AND c.id IN ({self.marks(ids)}) AND NOT c.deleted")
-        inner = self.ids(types, criterion)
+        inner = self.ids(types, criterion, *same_row)
         if len(types) == 1:
             return f"SELECT DISTINCT {self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
         return f"SELECT DISTINCT * FROM ({inner}) d"
@@ -149,6 +149,10 @@ class Compiler:
         if len(types) != 1:
             return f"({alias}.resource_type, {alias}.id) {op} ({subquery})"
         return f"{alias}.id {op} ({subquery})"
+
+    def scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
+        """``column`` restricted to the searched types."""
+        return self._scope(types, column)
 
     def _scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
         if len(types) == 1:
@@ -164,10 +168,11 @@ class Compiler:
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
                 f" AND i.param = {self.p(criterion.code)}")
 
-    def ids(self, types: tuple[str, ...], criterion: Criterion) -> str:
+    def ids(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
         """A subquery selecting the ids (with types when more than one type is searched) of
         resources whose values match the criterion (ignoring ``:not``/``:not-in``, which the
-        caller applies)."""
+        caller applies); ``same_row`` criteria on the same parameter must hold for the same
+        index row (search.planner does this for a single-valued parameter only)."""
         if criterion.has is not None:
             return self._has(types, criterion)
         if criterion.code == "_list":
@@ -181,9 +186,11 @@ class Compiler:
         if criterion.chain is not None:
             return self._chain(types, criterion)
         table = _TABLE[criterion.type]
-        ors = [self._value(criterion, v) for v in criterion.values]
+        conds = "".join(
+            f" AND ({' OR '.join(self._value(c, v) for v in c.values)})"
+            for c in (criterion, *same_row))
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND i.param = {self.p(criterion.code)} AND ({' OR '.join(ors)})")
+                f" AND i.param = {self.p(criterion.code)}{conds}")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
         return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"

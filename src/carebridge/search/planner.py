@@ -24,11 +24,15 @@ one FHIR parameter are few for this value and many for another.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from carebridge.fhir import registry
 from carebridge.search.compiler import Compiler
+from carebridge.search.extract import split_union
 from carebridge.search.query import Criterion
 
 Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -38,16 +42,74 @@ Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 _SELECTIVE = 300
 # Leading from a criterion costs one join probe per matching row plus a sort; walking an index
 # costs a few probes per row walked. Up to this many matches, leading wins in practice.
-DEFAULT_CAP = 4000
+DEFAULT_CAP = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Lead:
-    """The criterion that leads (index into the query's criteria) and its probed count
-    (``cap`` or more when no criterion was selective: then nothing leads)."""
+    """The criteria that lead (indexes into the query's criteria: one, or several AND-ed
+    ranges on one single-valued parameter, met by the same index row) and their probed
+    count (``cap`` or more when nothing was selective: then nothing leads)."""
 
-    index: int | None
+    covers: tuple[int, ...]
     rows: int
+
+    @property
+    def index(self) -> int | None:
+        return self.covers[0] if self.covers else None
+
+
+_CAST = re.compile(r"\.(as|ofType)\(\w+\)$")
+
+
+@cache
+def _cardinality(resource_type: str) -> dict[str, str]:
+    elements = registry.structure_definition(resource_type)["snapshot"]["element"]
+    return {e["path"]: str(e.get("max", "*")) for e in elements}
+
+
+@cache
+def single_valued(resource_type: str, code: str) -> bool:
+    """Whether a parameter gives a resource at most one value: its expression's branches for
+    the type all name one element path whose every step has ``max`` 1 (``Encounter.period``,
+    ``Observation.effective``), so AND-ed ranges on it must hold for the same index row."""
+    definition = registry.search_parameters_for(resource_type).get(code)
+    if definition is None or not definition.get("expression"):
+        return False
+    paths = set()
+    for branch in split_union(definition["expression"]):
+        branch = branch.strip()
+        if branch.startswith("(") and branch.endswith(")"):
+            branch = branch[1:-1].strip()
+        branch = _CAST.sub("", branch)
+        if branch.split(".", 1)[0] == resource_type:
+            paths.add(branch)
+    if len(paths) != 1:
+        return False
+    steps = paths.pop().split(".")
+    if not all(re.fullmatch(r"[A-Za-z]+", step) for step in steps):
+        return False
+    maxima = _cardinality(resource_type)
+    for n in range(2, len(steps) + 1):
+        path = ".".join(steps[:n])
+        found = maxima.get(path, maxima.get(path + "[x]"))
+        if found != "1":
+            return False
+    return True
+
+
+def _ranges(types: tuple[str, ...], criteria: Sequence[Criterion]) -> list[tuple[int, ...]]:
+    """Groups of two or more AND-ed one-value criteria on the same single-valued date
+    parameter (``date=ge2018-01-01&date=lt2018-02-01``): one bounded range together."""
+    if len(types) != 1:
+        return []
+    groups: dict[str, list[int]] = {}
+    for n, c in enumerate(criteria):
+        if (c.type == "date" and c.modifier is None and c.chain is None and c.has is None
+                and len(c.values) == 1 and c.values[0].prefix != "ne"):
+            groups.setdefault(c.code, []).append(n)
+    return [tuple(ns) for code, ns in groups.items()
+            if len(ns) > 1 and single_valued(types[0], code)]
 
 
 def rank(criterion: Criterion) -> int:
@@ -75,16 +137,19 @@ def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[
                 cap: int | None = None) -> Lead:
     """Probe the candidate criteria (most promising first) and pick the one to lead with."""
     cap = DEFAULT_CAP if cap is None else cap
-    candidates = sorted((rank(c), n) for n, c in enumerate(criteria) if rank(c) < 99)
-    best: Lead = Lead(None, cap)
-    for order, n in candidates:
+    candidates: list[tuple[int, tuple[int, ...]]] = [
+        (rank(criteria[group[0]]) - 1, group) for group in _ranges(types, criteria)]
+    candidates += [(rank(c), (n,)) for n, c in enumerate(criteria) if rank(c) < 99]
+    candidates.sort()
+    best: Lead = Lead((), cap)
+    for order, group in candidates:
         if order == 0:
-            return Lead(n, len(criteria[n].values))
+            return Lead(group, len(criteria[group[0]].values))
         compiler = Compiler(mark)
-        probe = f"SELECT count(*) FROM ({compiler.ids(types, criteria[n])} LIMIT {cap}) p"
-        found = int(run(*compiler.finish(probe))[0][0])
+        ids = compiler.ids(types, *(criteria[n] for n in group))
+        found = int(run(*compiler.finish(f"SELECT count(*) FROM ({ids} LIMIT {cap}) p"))[0][0])
         if found < best.rows:
-            best = Lead(n, found)
+            best = Lead(group, found)
         if found < _SELECTIVE:
             break
     return best

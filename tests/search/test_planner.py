@@ -1,0 +1,139 @@
+"""The search planner (carebridge.search.planner): which plan it picks, and that AND-ed date
+ranges are read from one index row only where the parameter has one value per resource.
+
+Answers are worked out from search.html#prefix and #combining (AND of values: each may be met
+by a different value of a repeating element), and checked under both plans: as planned and
+with nothing ever leading (``cap`` 0: index walks and per-row checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from tests.search.test_explain import RecordingRepository
+
+from carebridge.search import planner
+from carebridge.search.planner import single_valued
+from carebridge.security.policy import SYSTEM
+from carebridge.services import ResourceService
+from carebridge.services.search import SearchService
+from carebridge.storage import Repository
+
+RESOURCES: list[dict[str, Any]] = [
+    # Goal.target is 0..*: target-date has one value per target
+    {"resourceType": "Goal", "id": "g1", "lifecycleStatus": "active",
+     "description": {"text": "two targets"}, "subject": {"reference": "Patient/p1"},
+     "target": [{"dueDate": "2020-01-01"}, {"dueDate": "2022-01-01"}]},
+    {"resourceType": "Goal", "id": "g2", "lifecycleStatus": "active",
+     "description": {"text": "one target"}, "subject": {"reference": "Patient/p1"},
+     "target": [{"dueDate": "2021-01-01"}]},
+    {"resourceType": "Patient", "id": "p1"},
+    {"resourceType": "Encounter", "id": "e1", "status": "finished",
+     "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"},
+     "period": {"start": "2024-01-10T08:00:00Z", "end": "2024-01-12T17:00:00Z"}},
+    {"resourceType": "Encounter", "id": "e2", "status": "finished",
+     "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"},
+     "period": {"start": "2024-03-01T08:00:00Z", "end": "2024-03-01T09:00:00Z"}},
+    {"resourceType": "Encounter", "id": "e3", "status": "in-progress",
+     "class": {"code": "IMP"}, "subject": {"reference": "Patient/p1"},
+     "period": {"start": "2024-02-01T10:00:00Z", "end": "2024-02-03T10:00:00Z"}},
+    {"resourceType": "Encounter", "id": "e4", "status": "finished",
+     "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}},  # no period
+]
+
+
+@pytest.fixture(params=["planned", "walked"])
+def plan(request: pytest.FixtureRequest) -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "walked":
+            patch.setattr(planner, "DEFAULT_CAP", 0)
+        yield request.param
+
+
+@pytest.fixture
+def loaded(client: TestClient) -> TestClient:
+    for body in RESOURCES:
+        response = client.put(f"/fhir/{body['resourceType']}/{body['id']}", json=body)
+        assert response.status_code == 201, response.text
+    return client
+
+
+def ids(client: TestClient, url: str) -> list[str]:
+    response = client.get(f"/fhir/{url}")
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    found = [e["resource"]["id"] for e in bundle.get("entry", [])
+             if e["search"]["mode"] == "match"]
+    count = client.get(f"/fhir/{url}&_summary=count").json()["total"]
+    assert count == len(found)
+    return found
+
+
+def test_single_valued_follows_the_element_cardinalities() -> None:
+    assert single_valued("Encounter", "date")  # Encounter.period 0..1
+    assert single_valued("Observation", "date")  # Observation.effective[x] 0..1
+    assert single_valued("Condition", "onset-date")  # two casts of onset[x] 0..1
+    assert single_valued("Patient", "birthdate")
+    assert not single_valued("Goal", "target-date")  # Goal.target 0..*
+    assert not single_valued("Patient", "address-city")  # Patient.address 0..*
+    assert not single_valued("Patient", "no-such-parameter")
+
+
+@pytest.mark.usefixtures("plan")
+@pytest.mark.parametrize(("url", "expected"), [
+    # each bound met by a different target: the AND still holds (search.html#combining)
+    ("Goal?target-date=ge2021-06-01&target-date=lt2020-06-01", {"g1"}),
+    ("Goal?target-date=ge2021-06-01&target-date=lt2021-06-01", {"g1"}),
+    ("Goal?target-date=ge2020-06-01&target-date=lt2021-06-01", {"g2"} | {"g1"}),
+    ("Goal?target-date=gt2022-06-01&target-date=lt2019-06-01", set()),
+    # one period: both bounds on the same range
+    ("Encounter?date=ge2024-01-01&date=lt2024-02-01", {"e1"}),
+    ("Encounter?date=ge2024-01-11&date=lt2024-01-11", {"e1"}),  # overlaps both sides
+    ("Encounter?date=ge2024-02-01&date=le2024-03-31&status=finished", {"e2"}),
+    ("Encounter?date=gt2024-05-01&date=lt2024-01-01", set()),
+])
+def test_and_ed_date_ranges(loaded: TestClient, url: str, expected: set[str]) -> None:
+    assert set(ids(loaded, url)) == expected
+
+
+@pytest.mark.usefixtures("plan")
+def test_sorted_walk_with_criteria_and_paging(loaded: TestClient) -> None:
+    url = "Encounter?class=AMB&_sort=-date&_count=1"
+    seen: list[str] = []
+    page = loaded.get(f"/fhir/{url}").json()
+    while True:
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        following = [lk["url"] for lk in page["link"] if lk["relation"] == "next"]
+        if not following:
+            break
+        page = loaded.get(following[0]).json()
+    # newest end first, the encounter without a period last
+    assert seen == ["e2", "e1", "e4"]
+
+
+def test_plan_choice(repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = ResourceService(repository)
+    for body in RESOURCES:
+        service.update(SYSTEM, body["resourceType"], body["id"], body)
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+    def last_page_sql(params: list[tuple[str, str]]) -> str:
+        recording.log.clear()
+        search.search(SYSTEM, "Encounter", params)
+        return next(sql for sql, _ in recording.log if " LIMIT " in sql
+                    and not sql.startswith("SELECT count"))
+
+    # a selective criterion leads: its distinct ids drive the join
+    led = last_page_sql([("subject", "Patient/p1"), ("_sort", "-date")])
+    assert "CROSS JOIN resource r" in led and "SELECT DISTINCT" in led
+    # with nothing selective (cap 0), a date sort walks the date index in order
+    monkeypatch.setattr(planner, "DEFAULT_CAP", 0)
+    walked = last_page_sql([("subject", "Patient/p1"), ("_sort", "-date")])
+    assert "FROM idx_date w" in walked and "SELECT DISTINCT" not in walked
+    # and the default order walks the resource table's key
+    plain = last_page_sql([("subject", "Patient/p1")])
+    assert "FROM resource r WHERE" in plain and "EXISTS" in plain
