@@ -147,3 +147,13 @@ def test_the_service_refuses_audit_writes_even_to_the_system(secured: Secured) -
 def test_even_allow_all_refuses_audit_writes(service: Any) -> None:
     with pytest.raises(Exception, match="audit ledger only"):
         service.create(SYSTEM, "AuditEvent", {"resourceType": "AuditEvent"})
+
+
+def test_other_ways_in_over_http_are_audited_too(secured: Secured) -> None:
+    secured.client.get("/devices/d1/nothing", headers=secured.headers("user/*.rs",
+                                                                      {"physician"}))
+    secured.client.post("/monitoring/alerts/x/$ack")  # no token
+    details = {e.get("outcomeDesc") for e in _events(secured)
+               if e["subtype"][0]["code"] == "operation"}
+    assert "GET /devices/d1/nothing" in details
+    assert "no valid access token" in details

@@ -76,8 +76,10 @@ class SecurityLayer:
         path: str = scope["path"]
         client = scope.get("client")
         remote = client[0] if client else None
-        audited = self.ledger is not None and path.startswith("/fhir") and (
-            path not in PUBLIC_PATHS)
+        # Every way in over HTTP is audited but discovery and /oauth/ (whose logins and token
+        # issues the authorization server records itself, with their reasons).
+        audited = self.ledger is not None and path not in PUBLIC_PATHS and (
+            not path.startswith("/oauth/"))
         if self.insecure:
             scope["carebridge.caller"] = INSECURE_CALLER
         elif path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
@@ -98,7 +100,11 @@ class SecurityLayer:
     def _audit(self, scope: Scope, status: int, remote: str | None, detail: str = "") -> None:
         assert self.ledger is not None
         caller = scope.get("carebridge.caller")
-        interaction, rtype, rid, patient = classify(scope["method"], scope["path"])
+        if scope["path"].startswith("/fhir"):
+            interaction, rtype, rid, patient = classify(scope["method"], scope["path"])
+        else:  # device ingest, monitoring desk: named by method and path
+            interaction, rtype, rid, patient = "operation", None, None, None
+            detail = detail or f"{scope['method']} {scope['path']}"
         if isinstance(caller, Caller) and caller.patient:
             patient = caller.patient
         self.ledger.record(rest_event(
