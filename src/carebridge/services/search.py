@@ -21,6 +21,7 @@ from carebridge.fhir import registry
 from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.search.compiler import Compiler
+from carebridge.search.planner import Lead, choose_lead, rank
 from carebridge.search.query import SearchQuery, parse_query
 from carebridge.security.narrowing import Narrowing
 from carebridge.security.policy import SYSTEM, Caller, Restriction
@@ -150,7 +151,9 @@ class SearchService:
 
     def _filter(self, compiler: Compiler, query: SearchQuery,
                 compartment: tuple[str, str] | None,
-                narrowing: Narrowing | None = None) -> str:
+                narrowing: Narrowing | None = None, lead: Lead | None = None) -> str:
+        """The conditions on ``r``, a row of ``resource``: every criterion but the one that
+        leads (``_source`` joins that one) as a per-row check (see search.planner)."""
         # A system search without _type covers every type: naming them all keeps the
         # resource type, the first column of every index, constrained.
         types = query.resource_types or _every_type()
@@ -159,13 +162,42 @@ class SearchService:
             conds.append(f"r.resource_type = {compiler.p(types[0])}")
         elif compartment is None:  # else the compartment's subquery names the types
             conds.append(f"r.resource_type IN ({compiler.marks(types)})")
-        for criterion in query.criteria:
-            conds.append(compiler.condition(types, criterion))
+        # Checks on the leading ids (``d``) run before the join reads the resource row.
+        led = lead is not None and lead.index is not None
+        if led:
+            conds.append("r.resource_type = d.resource_type AND r.id = d.id")
+        for n, criterion in enumerate(query.criteria):
+            if lead is None or n not in lead.covers:
+                conds.append(compiler.exists(criterion, "d" if led else "r"))
         if compartment is not None:
             conds.append(self._compartment(compiler, types, compartment))
         if narrowing is not None and narrowing.patient is not None:
             conds.append(self._narrow(compiler, types, narrowing))
         return " AND ".join(conds)
+
+    @staticmethod
+    def _source(compiler: Compiler, types: tuple[str, ...], query: SearchQuery,
+                lead: Lead | None) -> str:
+        """The FROM clause: ``resource r``, led by the leading criterion's ids when there is
+        one (CROSS JOIN fixes SQLite's join order; PostgreSQL plans it freely)."""
+        if lead is None or lead.index is None:
+            return "resource r"
+        driver = compiler.driver(types, *(query.criteria[n] for n in lead.covers))
+        return f"({driver}) d CROSS JOIN resource r"
+
+    def _lead(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
+              narrowing: Narrowing | None, *, always: bool = False) -> Lead | None:
+        """Which criterion leads (search.planner); none when a compartment does (its subquery
+        is a patient's rows), ``always`` picks the best even when none is selective."""
+        if compartment is not None or (narrowing is not None and narrowing.patient is not None):
+            return None
+        types = query.resource_types or _every_type()
+        lead = choose_lead(session.query, self._dialect_mark(), types, query.criteria)
+        if lead.index is None and always and query.criteria:
+            best = min(range(len(query.criteria)), key=lambda n: rank(query.criteria[n]))
+            if rank(query.criteria[best]) < 99:
+                return Lead((best,), lead.rows)
+        return lead
 
     def _narrow(self, compiler: Compiler, types: tuple[str, ...], narrowing: Narrowing) -> str:
         """A patient-bound caller sees bound types only inside its patient's compartment."""
@@ -227,11 +259,68 @@ class SearchService:
                 f"(SELECT {agg}(s.{column}) FROM {table} s WHERE s.resource_type ="
                 f" r.resource_type AND s.id = r.id AND s.param = {compiler.p(code)})",
                 desc, filler=0 if kind in _NUMERIC else ""))
+        # Ties go the first key's way, so a walk down a (value, id) index yields them in order.
+        tie = bool(query.sort) and query.sort[0][1]
         if len(query.resource_types) != 1:
-            keys.append(_Key("r.resource_type", False, plain=True))
+            keys.append(_Key("r.resource_type", tie, plain=True))
         if not any(k.sql == "r.id" for k in keys):
-            keys.append(_Key("r.id", False, plain=True))
+            keys.append(_Key("r.id", tie, plain=True))
         return keys
+
+    def _walk(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
+              narrowing: Narrowing | None, cursor: str | None,
+              lead: Lead | None) -> list[tuple[Any, ...]] | None:
+        """A page sorted by one date parameter, read by walking that parameter's index in
+        order and checking every criterion per row, when no criterion is selective enough to
+        lead (search.planner); None when the search is not of that form.
+
+        The sort value of a resource is the highest end of its ranges (descending) or the
+        lowest start (ascending) (search.html#sort leaves multiple values to the server), so
+        only the row holding that value stands for its resource. Resources without a value
+        come after all others, as in the general plan, and keep its cursor values."""
+        if (lead is None or lead.index is not None or len(query.resource_types) != 1
+                or len(query.sort) != 1 or query.sort[0][0] == "_id"):
+            return None
+        rtype = query.resource_types[0]
+        code, desc = query.sort[0]
+        if registry.search_parameters_for(rtype)[code]["type"] != "date":
+            return None
+        values, backwards = self._cursor(cursor, 3)
+        if backwards:
+            return None
+        mark = self._dialect_mark()
+        rows: list[tuple[Any, ...]] = []
+        want = query.count + 1
+        col, op, order = ("high", "<", "DESC") if desc else ("low", ">", "ASC")
+        other = "low" if desc else "high"
+        better = ">" if desc else "<"  # a row of the same resource that sorts before ``w``
+        if values is None or values[0] == 0:
+            compiler = Compiler(mark)
+            where = self._filter(compiler, query, compartment, narrowing)
+            keyset = "" if values is None else (
+                f" AND (w.{col}, w.id) {op} ({compiler.p(values[1])}, {compiler.p(values[2])})")
+            sql = (f"SELECT r.resource_type, r.id, r.body, 0, w.{col}, w.id"
+                   f" FROM idx_date w CROSS JOIN resource r"
+                   f" WHERE w.resource_type = {compiler.p(rtype)} AND w.param = {compiler.p(code)}"
+                   f"{keyset} AND NOT EXISTS (SELECT 1 FROM idx_date s WHERE"
+                   f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
+                   f" AND (s.{col} {better} w.{col}"
+                   f" OR (s.{col} = w.{col} AND s.{other} {better} w.{other})))"
+                   f" AND r.resource_type = w.resource_type AND r.id = w.id AND {where}"
+                   f" ORDER BY w.{col} {order}, w.id {order} LIMIT {compiler.p(want)}")
+            rows = session.query(*compiler.finish(sql))
+        if len(rows) < want:
+            compiler = Compiler(mark)
+            where = self._filter(compiler, query, compartment, narrowing)
+            after = "" if values is None or values[0] == 0 else (
+                f" AND r.id {op} {compiler.p(values[2])}")
+            sql = (f"SELECT r.resource_type, r.id, r.body, 1, {compiler.p(0)}, r.id"
+                   f" FROM resource r WHERE {where} AND NOT EXISTS (SELECT 1 FROM idx_date s"
+                   f" WHERE s.resource_type = r.resource_type AND s.id = r.id"
+                   f" AND s.param = {compiler.p(code)}){after}"
+                   f" ORDER BY r.id {order} LIMIT {compiler.p(want - len(rows))}")
+            rows += session.query(*compiler.finish(sql))
+        return rows
 
     def _page(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
               cursor: str | None, narrowing: Narrowing | None = None) -> list[tuple[Any, ...]]:
@@ -239,7 +328,12 @@ class SearchService:
         each row is (type, id, body, key values...), the key values being the cursor."""
         compiler = Compiler(self._dialect_mark())
         keys = self._keys(compiler, query)
-        where = self._filter(compiler, query, compartment, narrowing)
+        lead = self._lead(session, query, compartment, narrowing)
+        walked = self._walk(session, query, compartment, narrowing, cursor, lead)
+        if walked is not None:
+            return walked
+        source = self._source(compiler, query.resource_types or _every_type(), query, lead)
+        where = self._filter(compiler, query, compartment, narrowing, lead)
         limit = compiler.p(query.count + 1)
         if all(k.plain for k in keys):
             # Plain columns: the keyset condition is a range on the primary key index, and
@@ -249,7 +343,7 @@ class SearchService:
             values, backwards = self._cursor(cursor, len(keys))
             if values is not None:
                 where += " AND " + self._keyset(compiler, keys, names, values, backwards)
-            sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM resource r"
+            sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM {source}"
                    f" WHERE {where} ORDER BY {self._order(keys, names, backwards)}"
                    f" LIMIT {limit}")
             rows = session.query(*compiler.finish(sql))
@@ -262,7 +356,7 @@ class SearchService:
         # search.html#sort leaves to the server) and the value (or its filler).
         columns = ", ".join(f"{k.sql} AS v{n}" for n, k in enumerate(keys))
         fence = "LIMIT -1 OFFSET 0" if self._dialect_mark() == "?" else "OFFSET 0"
-        inner = (f"SELECT r.resource_type AS rt, r.id AS rid, {columns} FROM resource r"
+        inner = (f"SELECT r.resource_type AS rt, r.id AS rid, {columns} FROM {source}"
                  f" WHERE {where} {fence}")
         derived: list[tuple[_Key, str]] = []
         for n, key in enumerate(keys):
@@ -352,9 +446,30 @@ class SearchService:
     def _count(self, session: Session, query: SearchQuery,
                compartment: tuple[str, str] | None, narrowing: Narrowing | None = None) -> int:
         compiler = Compiler(self._dialect_mark())
-        where = self._filter(compiler, query, compartment, narrowing)
+        types = query.resource_types or _every_type()
+        lead = self._lead(session, query, compartment, narrowing, always=True)
+        if lead is not None and lead.index is not None:
+            leader = query.criteria[lead.index]
+            if leader.has is None and leader.code != "_list":
+                # Index rows exist for current resources only: the leading criterion's ids
+                # are counted without reading the resource table.
+                driver = compiler.driver(types, *(query.criteria[n] for n in lead.covers))
+                checks = [compiler.exists(c, "d") for n, c in enumerate(query.criteria)
+                          if n not in lead.covers]
+                where = f" WHERE {' AND '.join(checks)}" if checks else ""
+                return int(session.query(*compiler.finish(
+                    f"SELECT count(*) FROM ({driver}) d{where}"))[0][0])
+        if not query.criteria and compartment is None and (
+                narrowing is None or narrowing.patient is None):
+            # Every current resource has one _lastUpdated index row, a deleted one none:
+            # counting those rows does not read the resource table (whose rows hold bodies).
+            return int(session.query(*compiler.finish(
+                f"SELECT count(*) FROM idx_date i WHERE {compiler.scope(types)}"
+                f" AND i.param = '_lastUpdated'"))[0][0])
+        source = self._source(compiler, types, query, lead)
+        where = self._filter(compiler, query, compartment, narrowing, lead)
         return int(session.query(*compiler.finish(
-            f"SELECT count(*) FROM resource r WHERE {where}"))[0][0])
+            f"SELECT count(*) FROM {source} WHERE {where}"))[0][0])
 
     # ---------------------------------------------------------------- includes
 
