@@ -77,10 +77,15 @@ def check_quality(resource: dict[str, Any], now: datetime | None = None) -> list
     return issues
 
 
+def _items(value: Any) -> list[Any]:
+    """A JSON array's items; nothing for anything else (the validator reports bad shapes)."""
+    return value if isinstance(value, list) else []
+
+
 def _loinc_codes(concept: Any) -> list[str]:
     if not isinstance(concept, dict):
         return []
-    return [c["code"] for c in concept.get("coding") or () if isinstance(c, dict)
+    return [c["code"] for c in _items(concept.get("coding")) if isinstance(c, dict)
             and c.get("system") == LOINC and isinstance(c.get("code"), str)]
 
 
@@ -91,7 +96,7 @@ def _observation(resource: dict[str, Any], issues: list[Issue]) -> None:
             _vital(vital, code, resource.get("valueQuantity"), "Observation.valueQuantity",
                    issues)
     values: dict[str, float] = {}
-    for i, component in enumerate(resource.get("component") or ()):
+    for i, component in enumerate(_items(resource.get("component"))):
         if not isinstance(component, dict):
             continue
         for code in _loinc_codes(component.get("code")):

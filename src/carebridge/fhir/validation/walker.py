@@ -78,7 +78,8 @@ class Walker:
             self.root = resource
             self.local_refs = set()
             self.contained = {}
-            for item in resource.get("contained") or ():
+            contained = resource.get("contained")
+            for item in contained if isinstance(contained, list) else ():
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
                     self.contained[item["id"]] = str(item.get("resourceType"))
         env = Env(resource, self.root)
@@ -93,7 +94,8 @@ class Walker:
     def full_urls(self, bundle: dict[str, Any], expr: str) -> None:
         """A RESTful fullUrl ends with the entry resource's type and id
         (http://hl7.org/fhir/R4/bundle.html#bundle-unique)."""
-        for i, entry in enumerate(bundle.get("entry") or ()):
+        entries = bundle.get("entry")
+        for i, entry in enumerate(entries if isinstance(entries, list) else ()):
             if not isinstance(entry, dict):
                 continue
             full_url, resource = entry.get("fullUrl"), entry.get("resource")
@@ -399,9 +401,9 @@ class Walker:
             return
         verdicts = []
         for coding, _where in codings:
-            c = coding.get("code")
+            c, system = coding.get("code"), coding.get("system")
             if isinstance(c, str):
-                verdicts.append(expansion.has(coding.get("system"), c))
+                verdicts.append(expansion.has(system if isinstance(system, str) else None, c))
         if any(v is not False for v in verdicts) and verdicts:
             return
         if not verdicts:
@@ -411,7 +413,8 @@ class Walker:
             return
         systems = expansion.systems
         if strength == "extensible" and not any(
-                coding.get("system") in systems for coding, _ in codings):
+                isinstance(coding.get("system"), str) and coding["system"] in systems
+                for coding, _ in codings):
             return  # extensible: codes from other systems are allowed
         first, where = codings[0]
         shown = f"{first.get('system', '(no system)')}|{first.get('code')}"
