@@ -193,17 +193,24 @@ class MqttSender:
         self.client.max_queued_messages_set(0)
         self.client.connect(host, port)
         self.client.loop_start()
+        self._last: mqtt.MQTTMessageInfo | None = None
 
     def send(self, patient: SimulatedPatient, payload: Any) -> int:
         if isinstance(payload, dict):
             payload = {**payload, "secret": patient.secret}
         elif isinstance(payload, list) and payload:
             payload = [{**payload[0], "secret": patient.secret}, *payload[1:]]
-        self.client.publish(f"carebridge/devices/{patient.device_id}/observations",
-                            orjson.dumps(payload), qos=1)
+        self._last = self.client.publish(f"carebridge/devices/{patient.device_id}/observations",
+                                         orjson.dumps(payload), qos=1)
         return 202
 
     def close(self) -> None:
+        """Disconnect once the broker has acknowledged everything published."""
+        if self._last is not None:
+            self._last.wait_for_publish(60)
+        deadline = time.monotonic() + 60
+        while self.client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.client.disconnect()
         self.client.loop_stop()
 

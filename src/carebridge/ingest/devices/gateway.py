@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from carebridge.events.bus import ResourceChanged
+from carebridge.events.sqltext import run
 from carebridge.fhir.errors import BadRequest, FhirError, NotFound, Unauthorized, Unprocessable
 from carebridge.fhir.resource import Resource, check_resource
 from carebridge.ingest.devices.credentials import DeviceCredentials
@@ -209,30 +210,47 @@ class DeviceGateway:
     def _store_in(self, session: Session, pending: PendingWrites,
                   submissions: list[PreparedReadings]) -> list[IngestResult]:
         moment = self.service.clock()
-        keys = [("Observation", o["id"]) for s in submissions for o in s.observations]
-        existing = session.read_many(keys)
+        dialect = self.service.repository.dialect
+        existing = _stored_ids(session, dialect,
+                               [o["id"] for s in submissions for o in s.observations])
         seen: set[str] = set()
         results = []
-        dialect = self.service.repository.dialect
+        health: dict[str, tuple[float | None, float | None]] = {}
         for prepared in submissions:
             result = IngestResult(prepared.device_id)
             for observation in prepared.observations:
                 oid = observation["id"]
-                if ("Observation", oid) in existing or oid in seen:
+                if oid in existing or oid in seen:
                     result.duplicates.append(oid)
                     continue
                 seen.add(oid)
                 self.service.stage(pending, observation, "Observation", oid, 1, "POST", moment,
                                    None)
                 result.stored.append(oid)
-            back = fleet.record_seen(session, dialect, prepared.device_id, moment,
-                                     prepared.battery, prepared.signal)
+            battery, signal = health.get(prepared.device_id, (None, None))
+            health[prepared.device_id] = (
+                prepared.battery if prepared.battery is not None else battery,
+                prepared.signal if prepared.signal is not None else signal)
+            results.append(result)
+        for device_id, (battery, signal) in health.items():  # once per device per commit
+            back = fleet.record_seen(session, dialect, device_id, moment, battery, signal)
             if back:  # the device reports again: its silence alert is over
                 alerts.resolve_condition(
-                    self.service, session, pending, self.binding(prepared.device_id).patient_id,
-                    f"device-silent:{prepared.device_id}", "system", moment)
-            results.append(result)
+                    self.service, session, pending, self.binding(device_id).patient_id,
+                    f"device-silent:{device_id}", "system", moment)
         return results
+
+
+def _stored_ids(session: Session, dialect: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are already stored Observations (one query per 500 ids)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ", ".join("?" for _ in part)
+        rows = run(session, dialect, "SELECT id FROM resource WHERE resource_type ="
+                   f" 'Observation' AND id IN ({marks})", part)
+        found.update(str(row[0]) for row in rows)
+    return found
 
 
 def _observations_in(data: Any) -> tuple[list[Resource], list[str], float | None, float | None]:
