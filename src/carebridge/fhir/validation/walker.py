@@ -78,8 +78,8 @@ class Walker:
             self.root = resource
             self.local_refs = set()
             self.contained = {}
-            contained = resource.get("contained")
-            for item in contained if isinstance(contained, list) else ():
+            inner = resource.get("contained")
+            for item in inner if isinstance(inner, list) else ():
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
                     self.contained[item["id"]] = str(item.get("resourceType"))
         env = Env(resource, self.root)
