@@ -139,3 +139,26 @@ def test_future_readings_are_clock_skew(ward: Ward) -> None:
         ward.monitoring.gateway.prepare(ward.device_id, {"t": minutes_ago(-30), "hr": 70},
                                         ward.secret)
     assert "clock skew" in caught.value.message
+
+
+def test_blood_pressure_component_errors_name_their_place(ward: Ward) -> None:
+    from carebridge.monitoring.vitals import compact_observations
+
+    [panel] = compact_observations({"t": minutes_ago(1), "sbp": 120, "dbp": 80})
+    panel["component"].reverse()  # diastolic first
+    panel["component"][1]["valueQuantity"]["code"] = "mmHg"  # systolic, now at [1]
+    with pytest.raises(Unprocessable) as caught:
+        ward.monitoring.gateway.prepare(ward.device_id, panel, ward.secret)
+    assert caught.value.expression == ("Observation.component[1].valueQuantity.code",)
+
+
+def test_reissued_secret_is_seen_by_another_process(ward: Ward) -> None:
+    from carebridge.ingest.devices.credentials import DeviceCredentials
+
+    here = DeviceCredentials(ward.service.repository, cache_seconds=0)
+    other_process = DeviceCredentials(ward.service.repository)
+    assert here.verify(ward.device_id, ward.secret)
+    new = other_process.issue(ward.device_id)
+    assert here.verify(ward.device_id, new)
+    assert not here.verify(ward.device_id, ward.secret)  # the replaced secret is refused
+    assert not here.verify(ward.device_id, "x" + new)

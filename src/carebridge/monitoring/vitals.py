@@ -189,13 +189,15 @@ def check_vital_sign(observation: Resource, where: str = "Observation") -> tuple
             (f"{where}.code",))
     effective = effective_instant(observation, where)
     if code == BP_PANEL:
-        parts = {c: comp for comp in observation.get("component") or [] if isinstance(comp, dict)
+        parts = {c: index for index, comp in enumerate(observation.get("component") or [])
+                 if isinstance(comp, dict)
                  for c in loinc_codes(comp.get("code")) if c in (SYSTOLIC, DIASTOLIC)}
-        for index, part in enumerate((SYSTOLIC, DIASTOLIC)):
+        for part in (SYSTOLIC, DIASTOLIC):
             if part not in parts:
                 raise Unprocessable(f"A blood pressure panel needs a {part} component",
                                     (f"{where}.component",))
-            _check_quantity(parts[part].get("valueQuantity"), part,
+            index = parts[part]
+            _check_quantity(observation["component"][index].get("valueQuantity"), part,
                             f"{where}.component[{index}]")
     else:
         _check_quantity(observation.get("valueQuantity"), code, where)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 
 from carebridge.events.sqltext import run
 from carebridge.storage.base import Repository
@@ -24,9 +25,10 @@ def secret_hash(secret: str) -> str:
 
 
 class DeviceCredentials:
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, cache_seconds: float = 30.0) -> None:
         self.repository = repository
-        self._known: dict[str, str] = {}  # device id -> hash, read once per process
+        self.cache_seconds = cache_seconds  # how long a replaced secret may still pass here
+        self._known: dict[str, tuple[str, float]] = {}  # device id -> (hash, when read)
         self._lock = threading.Lock()
 
     def issue(self, device_id: str) -> str:
@@ -43,21 +45,25 @@ class DeviceCredentials:
                     "INSERT INTO mon_device (device_id, secret_hash) VALUES (?, ?) RETURNING 1",
                     (device_id, digest))
         with self._lock:
-            self._known[device_id] = digest
+            self._known[device_id] = (digest, time.monotonic())
         return secret
 
     def verify(self, device_id: str, secret: str | None) -> bool:
         if not secret:
             return False
+        given = secret_hash(secret)
         with self._lock:
-            digest = self._known.get(device_id)
-        if digest is None:
-            with self.repository.session() as session:
-                rows = run(session, self.repository.dialect,
-                           "SELECT secret_hash FROM mon_device WHERE device_id = ?", (device_id,))
-            if not rows or not rows[0][0]:
-                return False
-            digest = str(rows[0][0])
-            with self._lock:
-                self._known[device_id] = digest
-        return hmac.compare_digest(digest, secret_hash(secret))
+            cached = self._known.get(device_id)
+        if (cached is not None and time.monotonic() - cached[1] < self.cache_seconds
+                and hmac.compare_digest(cached[0], given)):
+            return True
+        # Unknown here, or a mismatch: the secret may have been reissued by another process.
+        with self.repository.session() as session:
+            rows = run(session, self.repository.dialect,
+                       "SELECT secret_hash FROM mon_device WHERE device_id = ?", (device_id,))
+        if not rows or not rows[0][0]:
+            return False
+        digest = str(rows[0][0])
+        with self._lock:
+            self._known[device_id] = (digest, time.monotonic())
+        return hmac.compare_digest(digest, given)
