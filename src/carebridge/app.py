@@ -75,8 +75,9 @@ def build_application(settings: Settings) -> Application:
         policy = SmartPolicy()
         security = ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
                                cors_origins=settings.cors_origins)
-    service = ResourceService(repository, policy=policy,
-                              validation=WriteValidation(repository, settings.validation))
+    validation = WriteValidation(repository, settings.validation)
+    validation.warm_up()
+    service = ResourceService(repository, policy=policy, validation=validation)
     monitoring = None
     if settings.monitoring:
         monitoring = Monitoring(service, MonitoringSettings(mqtt_url=settings.mqtt_url))

@@ -23,6 +23,7 @@ StructureDefinitions stored on this server (by ``url``), compiled and cached per
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,14 @@ class WriteValidation:
         # data may name profiles this server never heard of on every resource (US Core).
         self._lookups: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
+
+    def warm_up(self) -> threading.Thread:
+        """Compile the core definitions in the background (about a second), so the first
+        writes a server takes do not pay for it."""
+        thread = threading.Thread(target=self.validator.compile_core, name="validator-warm-up",
+                                  daemon=True)
+        thread.start()
+        return thread
 
     # ------------------------------------------------------------------ writes
 

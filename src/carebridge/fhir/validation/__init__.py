@@ -113,6 +113,12 @@ class Validator:
         self._external[url] = (version, compiled)
         return compiled
 
+    @staticmethod
+    def compile_core() -> None:
+        """Compile every core resource type and datatype now rather than on first use."""
+        for sd in registry.base_structure_definitions():
+            _core(sd["type"])
+
     def base_definition(self, url: str) -> dict[str, Any] | None:
         """A StructureDefinition to derive from: core, or one the profile source knows."""
         try:
