@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from carebridge.ingest.hl7v2.datatypes import LOCAL_AUTHORITY
-from carebridge.ingest.hl7v2.parsing import Message, read_frame
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.storage import Repository
 
@@ -188,12 +187,6 @@ def test_repeated_feed_updates_never_duplicates(hl7: Hl7Processor,
     patient = one(repository, "Patient")
     assert patient["name"][0]["family"] == "Lane-Kent"
     assert patient["meta"]["versionId"] == "2"  # the identical second message changed nothing
-
-
-def _message(data: bytes) -> Message:
-    parsed = read_frame(data).messages[0][1]
-    assert isinstance(parsed, Message)
-    return parsed
 
 
 def test_concurrent_updates_of_one_patient_are_all_accepted(
