@@ -122,6 +122,8 @@ def subscribe(ward: Ward, port: int, payload: str | None = "application/fhir+jso
            "criteria": f"Flag?subject=Patient/{ward.patient_id}", "channel": channel}
     subscription_id = ward.service.create(SYSTEM, "Subscription", sub).version.id
     ward.settle()
+    [stored] = ward.search("Subscription", _id=subscription_id)
+    assert stored["status"] == "active"  # R4: the server activates what it can serve
     return subscription_id
 
 

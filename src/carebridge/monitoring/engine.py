@@ -179,7 +179,8 @@ class MonitoringEngine:
                 changed: list[ResourceChanged], rules: dict[str, list[Rule]]) -> None:
         moment = self.service.clock()
         wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
-                  and (c.resource_type == "Observation" or self.subscriptions.active)]
+                  and (c.resource_type in ("Observation", "Subscription")
+                       or self.subscriptions.active)]
         bodies = session.read_many(wanted)
         readings: list[ReadingRow] = []
         for c in changed:
@@ -199,6 +200,7 @@ class MonitoringEngine:
             for rule in patient_rules:
                 if rule.kind in ("threshold", "trend") and any(r.code == rule.code for r in new):
                     self._evaluate(session, pending, patient, rule, new, moment)
+        self.subscriptions.activate(pending, changed, bodies, moment)
         if self.subscriptions.active:
             self.subscriptions.enqueue(session, changed, bodies, moment)
 

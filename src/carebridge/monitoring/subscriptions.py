@@ -32,7 +32,7 @@ from carebridge.fhir.resource import Resource
 from carebridge.search.extract import values_of
 from carebridge.search.values import ReferenceValue, TokenValue
 from carebridge.security.policy import SYSTEM
-from carebridge.services.resources import ResourceService
+from carebridge.services.resources import PendingWrites, ResourceService
 from carebridge.storage.base import Session, StoredVersion
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,20 @@ class SubscriptionMatcher:
                     self._queue(session, sub, change, current.body, moment)
                     queued += 1
         return queued
+
+    def activate(self, pending: PendingWrites, changed: Sequence[ResourceChanged],
+                 bodies: Mapping[tuple[str, str], StoredVersion], moment: datetime) -> None:
+        """R4: the server sets a ``requested`` Subscription it can serve to ``active``."""
+        for change in changed:
+            current = bodies.get(("Subscription", change.resource_id))
+            if change.resource_type != "Subscription" or current is None or not current.body:
+                continue
+            resource = orjson.loads(current.body)
+            if resource.get("status") == "requested" and parse_subscription(resource):
+                resource["status"] = "active"
+                self.service.stage(pending, resource, "Subscription", change.resource_id,
+                                   current.version + 1, "PUT", moment, current.version)
+                self.invalidate()
 
     def _matches(self, session: Session, sub: LiveSubscription, resource: Resource) -> bool:
         decided = matches_in_memory(resource, sub.params)
