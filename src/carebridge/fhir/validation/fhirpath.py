@@ -22,6 +22,7 @@ from typing import Any
 from fhirpathpy.parser import parse
 
 from carebridge.fhir import registry
+from carebridge.fhir.validation.primitives import checker
 
 Collection = list[Any]
 
@@ -270,11 +271,17 @@ class _Compiler:
         src: Fn = source if source is not None else (lambda focus, env: focus)
         wanted = type_name.removeprefix("FHIR.")
 
+        primitive = checker(wanted) if wanted[:1].islower() else None
+
         def type_test(focus: Collection, env: Env) -> Collection:
             items = src(focus, env)
-            if not all(isinstance(i, dict) and "resourceType" in i for i in items):
+            if primitive is not None:
+                # A JSON primitive is of a FHIR primitive type when it has that type's form.
+                kept = [i for i in items if not isinstance(i, dict | list) and primitive(i) is None]
+            elif all(isinstance(i, dict) and "resourceType" in i for i in items):
+                kept = [i for i in items if i["resourceType"] == wanted]
+            else:
                 raise Unsupported("type test on a non-resource")
-            kept = [i for i in items if i["resourceType"] == wanted]
             if name == "is":
                 if len(items) > 1:
                     raise Unsupported("is on a collection")
@@ -323,6 +330,20 @@ class _Compiler:
                         out.append(item)
                 return out
             return intersect
+        if name == "toString" and not params:
+            def to_string(focus: Collection, env: Env) -> Collection:
+                items = src(focus, env)
+                if len(items) > 1 or (items and isinstance(items[0], dict | list | bool)):
+                    raise Unsupported("toString of this value")
+                return [str(items[0])] if items else []
+            return to_string
+        if name == "length" and not params:
+            def length(focus: Collection, env: Env) -> Collection:
+                items = src(focus, env)
+                if len(items) > 1 or (items and not isinstance(items[0], str)):
+                    raise Unsupported("length of a non-string")
+                return [len(items[0])] if items else []
+            return length
         if name == "tail" and not params:
             return lambda focus, env: src(focus, env)[1:]
         if name == "toInteger" and not params:
