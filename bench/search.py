@@ -470,9 +470,12 @@ class PersistentPostgres(ThrowawayPostgres):
 
 
 def postgres_database(pg: PersistentPostgres, files: Sequence[Path], size: int, seed: int,
-                      rebuild: bool, reuse: bool = False) -> tuple[Build, str]:
+                      rebuild: bool, reuse: bool = False,
+                      from_sqlite: Path | None = None) -> tuple[Build, str]:
     """The PostgreSQL benchmark database (``search_<size>``), reused when built from the
-    same inputs; returns its build record and URL."""
+    same inputs; returns its build record and URL. ``from_sqlite`` copies the rows of the
+    SQLite benchmark database built from the same inputs instead of loading the bundles
+    again (the product writes the same rows on both backends; see ``copy_from_sqlite``)."""
     from carebridge.storage.postgresql import PostgresRepository
 
     name = f"search_{size}"
@@ -493,7 +496,10 @@ def postgres_database(pg: PersistentPostgres, files: Sequence[Path], size: int, 
     repository = PostgresRepository(url)
     try:
         repository.migrate()
-        loaded, by_type, seconds = load_copies(repository, files, size, seed, "postgresql")
+        if from_sqlite is not None:
+            loaded, by_type, seconds = copy_from_sqlite(from_sqlite, url)
+        else:
+            loaded, by_type, seconds = load_copies(repository, files, size, seed, "postgresql")
     finally:
         repository.close()
     began = time.perf_counter()
@@ -506,6 +512,44 @@ def postgres_database(pg: PersistentPostgres, files: Sequence[Path], size: int, 
                                        option=orjson.OPT_INDENT_2))
     build.size_bytes = _pg_bytes(pg, name)
     return build, url
+
+
+_COPIED = ("resource", "resource_history", "idx_string", "idx_token", "idx_date", "idx_number",
+           "idx_quantity", "idx_reference", "idx_uri", "idx_composite")
+
+
+def copy_from_sqlite(path: Path, url: str) -> tuple[int, dict[str, int], float]:
+    """Copy the SQLite benchmark database's resources, history and index rows into a
+    migrated PostgreSQL database with COPY, secondary indexes dropped during the copy and
+    created again after it (what a bulk load does). The rows are the product's own: both
+    backends store what ``BundleProcessor.transaction`` and ``index_rows`` produced for the
+    same bundles (the history's ``seq`` is renumbered in the same order)."""
+    began = time.perf_counter()
+    source = sqlite3.connect(path)
+    with psycopg.connect(url, autocommit=True) as conn:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ANY(%s)"
+            " AND indexdef NOT LIKE '%%UNIQUE%%'", (list(_COPIED),)).fetchall()
+        for name, _ in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
+        for table in _COPIED:
+            columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")
+                       if not (table == "resource_history" and row[1] == "seq")]
+            order = " ORDER BY seq" if table == "resource_history" else ""
+            names = ", ".join(columns)
+            with conn.cursor() as cursor, cursor.copy(
+                    f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in source.execute(f"SELECT {names} FROM {table}{order}"):
+                    copy.write_row(row)
+            print(f"  copied {table} ({time.perf_counter() - began:.0f} s)", flush=True)
+        for _, definition in indexes:
+            conn.execute(definition)
+        print(f"  indexes created ({time.perf_counter() - began:.0f} s)", flush=True)
+    by_type = dict(source.execute(
+        "SELECT resource_type, count(*) FROM resource WHERE NOT deleted"
+        " GROUP BY resource_type").fetchall())
+    source.close()
+    return sum(by_type.values()), by_type, time.perf_counter() - began
 
 
 def _pg_bytes(pg: ThrowawayPostgres, name: str) -> int:
@@ -1960,8 +2004,10 @@ def run_backend(backend: str, args: argparse.Namespace, files: Sequence[Path],
                 row = conn.execute("SHOW server_version").fetchone()
             print(f"  PostgreSQL {row[0] if row else '?'} in {pg.home} (kept between runs);"
                   f" settings {PG_SETTINGS}")
+            from_sqlite = CACHE_DIR / f"search-sqlite-{args.size}.db"
             build, url = postgres_database(pg, files, args.size, args.seed, args.rebuild,
-                                           args.reuse)
+                                           args.reuse,
+                                           from_sqlite if args.from_sqlite else None)
             target = url
         out["build"] = build.as_json()
         how = (f"reused (built {build.built_at} from {build.source})" if build.reused
@@ -2083,6 +2129,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ingest-rounds", type=int, metavar="N",
                         help="rounds of the indexing on/off ingest comparison (default 3; 2"
                              f" below {QUICK_SIZE:,}, with 10 bundles instead of all)")
+    parser.add_argument("--from-sqlite", action="store_true",
+                        help="build the PostgreSQL database by copying the rows of the SQLite"
+                             " one (same inputs) with COPY instead of loading the bundles")
     parser.add_argument("--no-ingest", action="store_true",
                         help="skip the indexing on/off ingest comparison")
     parser.add_argument("--explain", type=int, default=6, metavar="N",

@@ -301,10 +301,12 @@ class Compiler:
             return f"{high} > {self.p(qhi)}"
         if prefix == "lt":
             return f"{low} < {self.p(qlo)}"
+        # ge/le also carry the bound they imply (low <= high), so that an index range scan
+        # on one column can serve them instead of a union of two.
         if prefix == "ge":
-            return f"({high} > {self.p(qhi)} OR {within})"
+            return f"({high} >= {self.p(qlo)} AND ({high} > {self.p(qhi)} OR {within}))"
         if prefix == "le":
-            return f"({low} < {self.p(qlo)} OR {within})"
+            return f"({low} <= {self.p(qhi)} AND ({low} < {self.p(qlo)} OR {within}))"
         if prefix == "sa":
             return f"{low} > {self.p(qhi)}"
         if prefix == "eb":
