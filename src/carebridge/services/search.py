@@ -151,7 +151,8 @@ class SearchService:
 
     def _filter(self, compiler: Compiler, query: SearchQuery,
                 compartment: tuple[str, str] | None,
-                narrowing: Narrowing | None = None, lead: Lead | None = None) -> str:
+                narrowing: Narrowing | None = None, lead: Lead | None = None,
+                led_by: str = "d") -> str:
         """The conditions on ``r``, a row of ``resource``: every criterion but the one that
         leads (``_source`` joins that one) as a per-row check (see search.planner)."""
         # A system search without _type covers every type: naming them all keeps the
@@ -165,10 +166,10 @@ class SearchService:
         # Checks on the leading ids (``d``) run before the join reads the resource row.
         led = lead is not None and lead.index is not None
         if led:
-            conds.append("r.resource_type = d.resource_type AND r.id = d.id")
+            conds.append(f"r.resource_type = {led_by}.resource_type AND r.id = {led_by}.id")
         for n, criterion in enumerate(query.criteria):
             if lead is None or n not in lead.covers:
-                conds.append(compiler.exists(criterion, "d" if led else "r"))
+                conds.append(compiler.exists(criterion, led_by if led else "r"))
         if compartment is not None:
             conds.append(self._compartment(compiler, types, compartment))
         if narrowing is not None and narrowing.patient is not None:
@@ -267,6 +268,41 @@ class SearchService:
             keys.append(_Key("r.id", tie, plain=True))
         return keys
 
+    def _walk_code(self, session: Session, query: SearchQuery,
+                   compartment: tuple[str, str] | None, narrowing: Narrowing | None,
+                   cursor: str | None, lead: Lead | None) -> list[tuple[Any, ...]] | None:
+        """A page in the default order (by id) when no criterion is selective enough to lead
+        but one is a single ``system|code`` token: its lookup index, (type, param, code,
+        system, id), holds the matching ids in id order, so walking it from the cursor and
+        checking the other criteria per row stops at the page's end. None otherwise."""
+        if (lead is None or lead.index is not None or len(query.resource_types) != 1
+                or query.sort):
+            return None
+        walk = next((n for n, c in enumerate(query.criteria)
+                     if c.type == "token" and c.modifier is None and c.chain is None
+                     and c.has is None and c.code != "_id" and len(c.values) == 1
+                     and c.values[0].system and c.values[0].code is not None), None)
+        if walk is None:
+            return None
+        values, backwards = self._cursor(cursor, 1)
+        if backwards:
+            return None
+        value = query.criteria[walk].values[0]
+        compiler = Compiler(self._dialect_mark())
+        where = self._filter(compiler, query, compartment, narrowing, Lead((walk,), 0), "w")
+        row = "rowid" if self._dialect_mark() == "?" else "ctid"
+        after = "" if values is None else f" AND w.id > {compiler.p(values[0])}"
+        # A resource with the code in two codings has two rows: only its first one counts.
+        sql = (f"SELECT r.resource_type, r.id, r.body, r.id FROM idx_token w CROSS JOIN"
+               f" resource r WHERE w.resource_type = {compiler.p(query.resource_types[0])}"
+               f" AND w.param = {compiler.p(query.criteria[walk].code)}"
+               f" AND w.code = {compiler.p(value.code)} AND w.system = {compiler.p(value.system)}"
+               f"{after} AND NOT EXISTS (SELECT 1 FROM idx_token s WHERE"
+               f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
+               f" AND s.code = w.code AND s.system = w.system AND s.{row} < w.{row})"
+               f" AND {where} ORDER BY w.id LIMIT {compiler.p(query.count + 1)}")
+        return session.query(*compiler.finish(sql))
+
     def _walk(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
               narrowing: Narrowing | None, cursor: str | None,
               lead: Lead | None) -> list[tuple[Any, ...]] | None:
@@ -330,6 +366,8 @@ class SearchService:
         keys = self._keys(compiler, query)
         lead = self._lead(session, query, compartment, narrowing)
         walked = self._walk(session, query, compartment, narrowing, cursor, lead)
+        if walked is None:
+            walked = self._walk_code(session, query, compartment, narrowing, cursor, lead)
         if walked is not None:
             return walked
         source = self._source(compiler, query.resource_types or _every_type(), query, lead)
