@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -48,9 +48,10 @@ from carebridge.monitoring.scoring import (
 from carebridge.monitoring.subscriptions import SubscriptionMatcher
 from carebridge.security.policy import Action, Caller
 from carebridge.services.resources import PendingWrites, ResourceService
-from carebridge.storage.base import Session
+from carebridge.storage.base import Session, StoredVersion
 
 log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # current_versions does not read last_updated
 
 MONITOR = Caller("system:monitoring", roles=frozenset({"system"}))
 _READING_COLUMNS = ("patient_id", "code", "effective", "value", "observation_id")
@@ -181,7 +182,7 @@ class MonitoringEngine:
         wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
                   and (c.resource_type in ("Observation", "Subscription")
                        or self.subscriptions.active)]
-        bodies = session.read_many(wanted)
+        bodies = current_versions(session, self.dialect, wanted)
         readings: list[ReadingRow] = []
         for c in changed:
             current = bodies.get((c.resource_type, c.resource_id))
@@ -276,6 +277,25 @@ class MonitoringEngine:
             alerts.raise_alert(self.service, session, pending, AlertCondition(
                 patient, rule.alert_key, 1, "rule-no-data", rule.title, rule.priority,
                 f"Basic/{rule.rule_id}"), moment)
+
+
+def current_versions(session: Session, dialect: str,
+                     keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredVersion]:
+    """``Session.read_many`` in one query per type and 500 ids (SQLite's reads one by one)."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in dict.fromkeys(keys):
+        by_type[rtype].append(rid)
+    found: dict[tuple[str, str], StoredVersion] = {}
+    for rtype, ids in by_type.items():
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            rows = run(session, dialect,
+                       "SELECT id, version, body FROM resource WHERE resource_type = ? AND"
+                       f" NOT deleted AND id IN ({', '.join('?' for _ in part)})", [rtype, *part])
+            for rid, version, body in rows:
+                found[(rtype, rid)] = StoredVersion(rtype, rid, int(version), _EPOCH, "PUT",
+                                                    bytes(body))
+    return found
 
 
 def _device_patient(session: Session, device_id: str) -> str | None:

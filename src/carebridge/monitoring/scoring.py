@@ -11,6 +11,7 @@ the chart 4 risk band as ``interpretation``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,7 +49,8 @@ NEWS2_CODES = {
     Parameter.TEMPERATURE: "8310-5",
 }
 FIO2, O2_FLOW = "3150-0", "3151-8"
-SCORED_CODES = frozenset(NEWS2_CODES.values()) | {FIO2, O2_FLOW}
+SCORED_ORDER = (*NEWS2_CODES.values(), FIO2, O2_FLOW)
+SCORED_CODES = frozenset(SCORED_ORDER)
 _FINAL = ("final", "amended", "corrected", "preliminary")
 _LABELS = {
     Parameter.RESPIRATION_RATE: "Respiration rate", Parameter.SPO2: "SpO2",
@@ -122,14 +124,18 @@ class News2Score:
 
 
 def latest_readings(session: Session, dialect: str, patient_id: str, until: datetime,
-                    window: timedelta) -> dict[str, tuple[float, datetime, str]]:
-    """Each code's latest reading in (until - window, until]."""
-    rows = run(session, dialect,
-               "SELECT code, value, effective, observation_id FROM (SELECT code, value,"
-               " effective, observation_id, row_number() OVER (PARTITION BY code ORDER BY"
-               " effective DESC) AS n FROM mon_reading WHERE patient_id = ? AND effective > ?"
-               " AND effective <= ?) AS latest WHERE n = 1",
-               (patient_id, instant_text(until - window), instant_text(until)))
+                    window: timedelta,
+                    codes: Sequence[str] = SCORED_ORDER) -> dict[str, tuple[float, datetime, str]]:
+    """Each code's latest reading in (until - window, until]: one index probe per code
+    (``mon_reading_latest`` is ordered by patient, code, effective)."""
+    low, high = instant_text(until - window), instant_text(until)
+    parts, params = [], []
+    for n, code in enumerate(codes):
+        parts.append("SELECT * FROM (SELECT code, value, effective, observation_id FROM"
+                     " mon_reading WHERE patient_id = ? AND code = ? AND effective > ? AND"
+                     f" effective <= ? ORDER BY effective DESC LIMIT 1) AS latest{n}")
+        params += [patient_id, code, low, high]
+    rows = run(session, dialect, " UNION ALL ".join(parts), params)
     return {r[0]: (float(r[1]), from_text(r[2]), str(r[3])) for r in rows}
 
 
