@@ -25,6 +25,9 @@ _SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 _BEST_PRACTICE = "http://hl7.org/fhir/StructureDefinition/elementdefinition-bestpractice"
 
 
+_UNRESOLVED: Any = object()  # TypeRule.definition before the walker first looks it up
+
+
 @dataclass(eq=False, slots=True)
 class TypeRule:
     """One allowed type of an element (``Quantity``, ``string``, ``Reference``...)."""
@@ -33,6 +36,8 @@ class TypeRule:
     primitive: PrimitiveCheck | None
     profiles: tuple[str, ...] = ()
     targets: frozenset[str] | None = None  # Reference target types; None: any
+    definition: Any = _UNRESOLVED  # the compiled datatype, cached by the walker
+    fast: bool = False  # a single primitive with nothing else to check (ElementRule.settle)
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +75,16 @@ class ElementRule:
     slicing: Slicing | None = None
     slices: list[ElementRule] = field(default_factory=list)
     slice_name: str | None = None
+    plain: bool = False  # nothing to check beyond the type: see settle()
+
+    def settle(self) -> None:
+        """Compute :attr:`plain` once the rule is complete."""
+        self.plain = (self.fixed is None and self.pattern is None and not self.invariants and (
+            self.binding is None or self.binding.strength not in ("required", "extensible")))
+        for trule in self.types.values():
+            trule.fast = (self.plain and not self.array and self.max != 0
+                          and trule.primitive is not None
+                          and trule.code not in ("uri", "canonical", "url"))
 
     @property
     def label(self) -> str:
@@ -258,6 +273,7 @@ def compile_snapshot(sd: dict[str, Any]) -> CompiledDefinition:
             if target is not None:
                 rule.children = target.children
                 rule.invariants = rule.invariants or target.invariants
+        rule.settle()
         if rule.slices:
             owner_tree = _owning_tree(rules, rule)
             if owner_tree is not None and rule not in owner_tree.sliced:

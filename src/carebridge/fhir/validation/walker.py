@@ -17,7 +17,13 @@ from typing import Any, Protocol
 from carebridge.fhir import registry
 from carebridge.fhir.errors import Issue
 from carebridge.fhir.validation.fhirpath import Env
-from carebridge.fhir.validation.model import CompiledDefinition, ElementRule, Tree, TypeRule
+from carebridge.fhir.validation.model import (
+    _UNRESOLVED,
+    CompiledDefinition,
+    ElementRule,
+    Tree,
+    TypeRule,
+)
 from carebridge.fhir.validation.terminology import expand
 
 _RESTFUL = re.compile(
@@ -35,6 +41,7 @@ _ACTIVE_HTML = re.compile(
     r"<\s*(script|form|iframe|object|embed|applet|base|link|meta|style|input|button)\b"
     r"|\son[a-z]+\s*=|javascript:", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+_URI_TYPES = frozenset({"uri", "canonical", "url"})
 
 
 class Definitions(Protocol):
@@ -161,6 +168,13 @@ class Walker:
                                f"{expr}.{key}")
                     continue
                 choices[id(rule)] = key
+            if trule.fast and value is not None and not isinstance(value, list):
+                # Most elements: one primitive value with nothing else to check.
+                reason = trule.primitive(value)  # type: ignore[misc]
+                if reason is not None:
+                    self.error("value", f"Invalid {trule.code} in {rule.path}: {reason}",
+                               f"{expr}.{key}")
+                continue
             self.element(rule, trule, value, f"{expr}.{key}", env,
                          obj.get("_" + key) if trule.primitive is not None else None)
         for rule in tree.required:
@@ -252,7 +266,7 @@ class Walker:
             if reason is not None:
                 self.error("value", f"Invalid {code} in {rule.path}: {reason}", expr)
                 return
-            if code in ("uri", "canonical", "url") and value[:1] == "#":
+            if code in _URI_TYPES and value[:1] == "#":
                 self.local_refs.add(value)
         elif not isinstance(value, dict):
             self.error("structure", f"{rule.path} must be a JSON object ({code}), not "
@@ -266,8 +280,10 @@ class Walker:
                 not rule.types and rule.children is None):
             self.resource(value, expr, contained=rule.name == "contained")
         else:
-            definition = self.definitions.datatype(code, trule.profiles) if code not in (
-                "BackboneElement", "Element") else None
+            definition = trule.definition
+            if definition is _UNRESOLVED:
+                definition = trule.definition = self.definitions.datatype(
+                    code, trule.profiles) if code not in ("BackboneElement", "Element") else None
             tree = rule.children if rule.children is not None else (
                 definition.tree if definition is not None else None)
             if tree is not None:
