@@ -381,9 +381,22 @@ class SearchService:
             values, backwards = self._cursor(cursor, len(keys))
             if values is not None:
                 where += " AND " + self._keyset(compiler, keys, names, values, backwards)
-            sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM {source}"
-                   f" WHERE {where} ORDER BY {self._order(keys, names, backwards)}"
-                   f" LIMIT {limit}")
+            if source == "resource r":
+                sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM {source}"
+                       f" WHERE {where} ORDER BY {self._order(keys, names, backwards)}"
+                       f" LIMIT {limit}")
+            else:
+                # Led by a criterion's ids: the page is chosen (and sorted) without carrying
+                # the bodies, which are read for the page's rows only.
+                aliased = [f"k{n}" for n in range(len(names))]
+                picked = ", ".join(f"{name} AS {alias}" for name, alias in zip(
+                    names, aliased, strict=True))
+                sql = (f"SELECT p.rt, p.rid, b.body, {', '.join(f'p.{a}' for a in aliased)}"
+                       f" FROM (SELECT r.resource_type AS rt, r.id AS rid, {picked}"
+                       f" FROM {source} WHERE {where}"
+                       f" ORDER BY {self._order(keys, names, backwards)} LIMIT {limit}) p"
+                       f" JOIN resource b ON b.resource_type = p.rt AND b.id = p.rid"
+                       f" ORDER BY {self._order(keys, [f'p.{a}' for a in aliased], backwards)}")
             rows = session.query(*compiler.finish(sql))
             return list(reversed(rows)) if backwards else rows
         # Computed sort keys: computed once per matching resource in a fenced subquery
