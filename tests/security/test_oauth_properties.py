@@ -15,6 +15,7 @@ REDIRECT = "https://app.example/cb"
 
 _values = st.one_of(
     st.text(max_size=60),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=20),  # NUL and controls
     st.sampled_from(["app", "S256", "plain", "code", "authorization_code", "refresh_token",
                      "client_credentials", REDIRECT, "http://testserver/fhir", "patient/*.rs",
                      "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",

@@ -56,15 +56,17 @@ OPENAPI: dict[str, Any] = {
                           "413": _json("too large"), "429": _json("rate limited")}}},
         "/oauth/introspect": {"post": {
             "operationId": "introspect", "requestBody": _form("token", required=("token",)),
-            "responses": {"200": _json("RFC 7662 response"),
-                          "401": _json("caller not authenticated")}}},
+            "responses": {"200": _json("RFC 7662 response"), "400": _json("bad request"),
+                          "401": _json("caller not authenticated"),
+                          "413": _json("too large")}}},
         "/oauth/revoke": {"post": {
             "operationId": "revoke", "requestBody": _form("token", required=("token",)),
             "responses": {"200": {"description": "revoked (or unknown)"},
+                          "400": _json("bad request"), "413": _json("too large"),
                           "429": _json("rate limited")}}},
         "/oauth/launch": {"post": {
             "operationId": "launch", "requestBody": _form("client_id", "patient"),
             "responses": {"200": _json("a launch handle"), "400": _json("missing field"),
-                          "403": _json("not a clinician")}}},
+                          "403": _json("not a clinician"), "413": _json("too large")}}},
     },
 }

@@ -76,7 +76,16 @@ async def _form(request: Request) -> dict[str, str]:
     form: dict[str, str] = {}
     for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
         form.setdefault(key, value)
-    return form
+    return _clean(form)
+
+
+def _clean(params: dict[str, str]) -> dict[str, str]:
+    """No control characters in OAuth parameters (RFC 6749 appendix A allows none; a NUL
+    would also reach the database, which refuses it in text)."""
+    for key, value in params.items():
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key + value):
+            raise OAuthError("invalid_request", "Control characters are not allowed")
+    return params
 
 
 def _basic(request: Request) -> tuple[str, str] | None:
@@ -88,7 +97,8 @@ def _basic(request: Request) -> tuple[str, str] | None:
     except ValueError:
         raise OAuthError("invalid_client", "Malformed Basic credentials", 401) from None
     client_id, _, secret = decoded.partition(":")
-    return unquote(client_id), unquote(secret)  # RFC 6749 section 2.3.1: form-encoded
+    cleaned = _clean({"client_id": unquote(client_id), "client_secret": unquote(secret)})
+    return cleaned["client_id"], cleaned["client_secret"]  # RFC 6749 2.3.1: form-encoded
 
 
 def _address(request: Request) -> str:
@@ -121,6 +131,7 @@ def oauth_routes(authority: Authority, *, login_per_minute: float = 20,
         else:
             params = dict(request.query_params)
         try:
+            _clean(params)
             auth = await run_in_threadpool(server.check_request, params)
         except OAuthError as exc:
             return _page("Request refused", f"<p>{html.escape(exc.description)}</p>", 400)
@@ -176,7 +187,10 @@ def oauth_routes(authority: Authority, *, login_per_minute: float = 20,
         if not await authenticated(request):
             return JSONResponse({"error": "invalid_client"}, 401,
                                 headers={"WWW-Authenticate": "Basic", **_NO_STORE})
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except OAuthError as exc:
+            return JSONResponse(exc.body(), exc.status, headers=_NO_STORE)
         reply = await run_in_threadpool(server.introspect, form.get("token", ""))
         return JSONResponse(reply, headers=_NO_STORE)
 
@@ -184,7 +198,10 @@ def oauth_routes(authority: Authority, *, login_per_minute: float = 20,
         limited = too_many(token_limit, request)
         if limited is not None:
             return limited
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except OAuthError as exc:
+            return JSONResponse(exc.body(), exc.status, headers=_NO_STORE)
         await run_in_threadpool(server.revoke, form.get("token", ""))
         return Response(status_code=200, headers=_NO_STORE)
 
@@ -198,7 +215,10 @@ def oauth_routes(authority: Authority, *, login_per_minute: float = 20,
             caller = None
         if caller is None or not caller.roles & {R.PHYSICIAN, R.NURSE}:
             return JSONResponse({"error": "access_denied"}, 403, headers=_NO_STORE)
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except OAuthError as exc:
+            return JSONResponse(exc.body(), exc.status, headers=_NO_STORE)
         if not form.get("client_id") or not form.get("patient"):
             return JSONResponse({"error": "invalid_request",
                                  "error_description": "client_id and patient are required"},
