@@ -120,3 +120,11 @@ def test_errors_carry_no_stack_trace_and_logs_no_exception_text() -> None:
     text = logging.Formatter().format(record)
     assert "Quibblethwaite" not in text and "MRN-1234" not in text
     assert "Traceback" not in text and "ValueError at " in text
+
+
+def test_nul_characters_are_refused_before_the_database(secured: Secured) -> None:
+    h = secured.headers("user/*.rs", {"physician"})
+    for path in ["/fhir/Patient?name=%00", "/fhir/Patient?_id=a%00b", "/fhir/Patient/a%00"]:
+        reply = secured.client.get(path, headers=h)
+        assert reply.status_code in (400, 404), (path, reply.status_code)
+        assert reply.json()["resourceType"] == "OperationOutcome"

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebridge.api.responses import fhir_json
-from carebridge.fhir.errors import FhirError, Unauthorized
+from carebridge.fhir.errors import BadRequest, FhirError, Unauthorized
 from carebridge.security.audit import AuditLedger
 from carebridge.security.audit_events import rest_event
 from carebridge.security.authority import Authority
@@ -80,6 +80,11 @@ class SecurityLayer:
         # issues the authorization server records itself, with their reasons).
         audited = self.ledger is not None and path not in PUBLIC_PATHS and (
             not path.startswith("/oauth/"))
+        if b"%00" in scope.get("query_string", b"") or "\x00" in path:
+            # No NUL anywhere in a request line: PostgreSQL refuses it in text (a 500).
+            response = fhir_json(BadRequest("NUL characters are not allowed").outcome(), 400)
+            await response(scope, receive, send_with_headers)
+            return
         if self.insecure:
             scope["carebridge.caller"] = INSECURE_CALLER
         elif path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
