@@ -57,6 +57,7 @@ class WriteValidation:
         # data may name profiles this server never heard of on every resource (US Core).
         self._lookups: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
+        self._search: Any = None
 
     def warm_up(self) -> threading.Thread:
         """Compile the core definitions in the background (about a second), so the first
@@ -127,6 +128,17 @@ class WriteValidation:
                 f"AND id = {mark} ORDER BY version", (resource_type, resource_id))
         return [(int(v), orjson.loads(bytes(o))) for v, o in rows]
 
+    def _searcher(self) -> Any:
+        """A SearchService over the repository (profile look-ups: no caller, no policy)."""
+        if self._search is None:
+            from carebridge.services.resources import ResourceService
+            from carebridge.services.search import SearchService
+
+            service = ResourceService(self.repository,  # type: ignore[arg-type]
+                                      validation=WriteValidation(None))
+            self._search = SearchService(service)
+        return self._search
+
     def _dialect(self) -> str:
         return self.repository.dialect if self.repository is not None else "sqlite"
 
@@ -155,26 +167,11 @@ class WriteValidation:
 
         query = parse_query("StructureDefinition", [("url", url), ("_count", "1")])
         with self.repository.session() as session:
-            result = _searcher(self.repository).run(session, query, None)
+            result = self._searcher().run(session, query, None)
         if not result.matches:
             return None
         found: dict[str, Any] = orjson.loads(result.matches[0].body)
         return found
-
-
-_SEARCHERS: dict[int, Any] = {}
-
-
-def _searcher(repository: Repository) -> Any:
-    """A SearchService over the repository (for profile look-ups; no caller, no policy)."""
-    from carebridge.services.resources import ResourceService
-    from carebridge.services.search import SearchService
-
-    found = _SEARCHERS.get(id(repository))
-    if found is None:
-        found = SearchService(ResourceService(repository, validation=WriteValidation(None)))
-        _SEARCHERS[id(repository)] = found
-    return found
 
 
 # ---------------------------------------------------------------------- $validate
