@@ -305,6 +305,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--transports", default="http,mqtt")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="carebridge-bench-monitoring-"))
     postgres = ThrowawayPostgres(durable=True).start() if args.backend == "postgresql" else None
@@ -316,12 +317,13 @@ def main() -> None:
             return postgres.create_database(f"bench_mon_{n}")
         return f"sqlite:///{workdir}/run{n}.db"
 
-    broker = ThrowawayMosquitto().start()
+    # Bursts of thousands of messages: let the broker queue them all (docs/monitoring.md).
+    broker = ThrowawayMosquitto(extra_config=["max_queued_messages 0"]).start()
     try:
         print(f"monitoring benchmark: {args.backend}, {args.readings} readings,"
               f" {args.patients} patients, {os.cpu_count()} cores")
         rows = []
-        for transport in ("http", "mqtt"):
+        for transport in [t for t in args.transports.split(",") if t]:
             floor = throughput(args, broker, transport, False, fresh())
             scored = throughput(args, broker, transport, True, fresh())
             rows.append((transport, scored, floor))

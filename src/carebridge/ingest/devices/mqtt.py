@@ -13,6 +13,10 @@ the message unacknowledged and the broker delivers it again, which the gateway's
 dedup makes harmless. A refused message is acknowledged (sending it again cannot help) and
 its reason published on the rejections topic, with the original payload.
 
+Brokers bound the messages they queue per subscriber (Mosquitto ``max_queued_messages``,
+default 1000, beyond which QoS 1 messages are dropped); size it for the bursts expected
+while workers are busy or restarting (0 = unbounded).
+
 The device credential travels as an MQTT 5 user property ``authorization: Bearer <secret>``
 or, for the compact form, as a ``"secret"`` member of the (first) reading.
 """
@@ -62,10 +66,11 @@ def credential(message: mqtt.MQTTMessage, data: Any) -> str | None:
 
 class MqttIngest:
     def __init__(self, gateway: DeviceGateway, url: str, *, client_id: str,
-                 group: str = GROUP) -> None:
+                 group: str = GROUP, receive_maximum: int = 1000) -> None:
         self.gateway = gateway
         self.host, self.port = broker_address(url)
         self.group = group
+        self.receive_maximum = receive_maximum
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.on_connect = self._on_connect
@@ -82,6 +87,9 @@ class MqttIngest:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 300  # unacknowledged messages survive a reconnect
+        # Up to this many unacknowledged messages in flight to us (MQTT 5 Receive Maximum):
+        # they are acknowledged after their group commit, so this bounds the commit size.
+        props.ReceiveMaximum = self.receive_maximum
         self.client.connect(self.host, self.port, keepalive=30, clean_start=False,
                             properties=props)
         self.client.loop_start()
