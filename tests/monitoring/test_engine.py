@@ -164,3 +164,26 @@ def test_outbox_survives_a_crash_before_scoring(database_url: str) -> None:
     found = SearchService(service).search(SYSTEM, "Flag", [("subject", f"Patient/{patient}")])
     assert len(found.matches) == 1
     repository.close()
+
+
+def test_alert_desk_refuses_patient_scoped_callers(database_url: str) -> None:
+    from carebridge.events.outbox import OutboxRepository
+    from carebridge.fhir.errors import Forbidden
+    from carebridge.monitoring.alerts import AlertDesk
+    from carebridge.security.policy import SmartPolicy
+    from carebridge.storage import open_repository
+
+    repository = OutboxRepository(open_repository(database_url))
+    try:
+        desk = AlertDesk(ResourceService(repository, policy=SmartPolicy()))
+        patient_app = Caller("Patient/1", client_id="app", roles=frozenset({"patient"}),
+                             scopes=frozenset({"patient/*.rs"}), patient="1")
+        with pytest.raises(Forbidden):
+            desk.open_alerts(patient_app)
+        with pytest.raises(Forbidden):
+            desk.acknowledge(patient_app, "any")
+        staff = Caller("Practitioner/1", client_id="app", roles=frozenset({"nurse"}),
+                       scopes=frozenset({"user/*.cruds"}))
+        assert desk.open_alerts(staff) == []
+    finally:
+        repository.close()

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from carebridge.events.sqltext import run
-from carebridge.fhir.errors import Conflict, NotFound
+from carebridge.fhir.errors import Conflict, Forbidden, NotFound
 from carebridge.fhir.resource import Resource, format_instant, new_id
 from carebridge.monitoring.codes import (
     ALERT_CODE,
@@ -167,8 +167,14 @@ class AlertDesk:
     def resolve(self, caller: Caller, flag_id: str) -> Resource:
         return self._change(caller, flag_id, "resolved")
 
+    def _unrestricted(self, caller: Caller, action: Action, flag_id: str | None = None) -> None:
+        """The alert desk is for care teams with unrestricted access to Flags; a caller
+        narrowed to one patient (or by criteria) uses the FHIR API, which narrows."""
+        if self.service.policy.authorize(caller, action, "Flag", flag_id) is not None:
+            raise Forbidden("The monitoring alert desk needs access to all Flags")
+
     def _change(self, caller: Caller, flag_id: str, state: str) -> Resource:
-        self.service.policy.authorize(caller, Action.UPDATE, "Flag", flag_id)
+        self._unrestricted(caller, Action.UPDATE, flag_id)
         moment = self.service.clock()
 
         def work(session: Session, pending: PendingWrites) -> Resource:
@@ -178,7 +184,7 @@ class AlertDesk:
         return self.service.run_write(work, retry=True)
 
     def open_alerts(self, caller: Caller) -> list[bytes]:
-        self.service.policy.authorize(caller, Action.SEARCH, "Flag")
+        self._unrestricted(caller, Action.SEARCH)
         dialect = self.service.repository.dialect
         with self.service.repository.session() as session:
             rows = run(session, dialect,
