@@ -38,7 +38,7 @@ def _fields(op: dict[str, Any]) -> list[str]:
     return [p["name"] for p in op.get("parameters", [])]
 
 
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_every_answer_is_a_documented_one(secured: Secured, data: st.DataObject) -> None:

@@ -80,8 +80,10 @@ class SecurityLayer:
         # issues the authorization server records itself, with their reasons).
         audited = self.ledger is not None and path not in PUBLIC_PATHS and (
             not path.startswith("/oauth/"))
-        if b"%00" in scope.get("query_string", b"") or "\x00" in path:
-            # No NUL anywhere in a request line: PostgreSQL refuses it in text (a 500).
+        if (path not in PUBLIC_PATHS and not path.startswith("/oauth/")
+                and (b"%00" in scope.get("query_string", b"") or "\x00" in path)):
+            # No NUL in a request line that reaches the database: PostgreSQL refuses it in
+            # text (a 500). The OAuth endpoints check their parameters themselves.
             response = fhir_json(BadRequest("NUL characters are not allowed").outcome(), 400)
             await response(scope, receive, send_with_headers)
             return
