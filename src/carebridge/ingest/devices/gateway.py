@@ -34,7 +34,7 @@ from carebridge.monitoring import alerts, fleet
 from carebridge.monitoring.vitals import check_vital_sign, compact_observations, reading_id
 from carebridge.security.policy import Action, Caller
 from carebridge.services.resources import PendingWrites, ResourceService
-from carebridge.storage.base import Session
+from carebridge.storage.base import Session, Write
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,32 @@ class DeviceGateway:
             future.set_result(result)
 
     def store(self, submissions: list[PreparedReadings]) -> list[IngestResult]:
-        """Store the readings of ``submissions`` in one transaction (duplicates dropped)."""
+        """Store the readings of ``submissions`` in one transaction (duplicates dropped).
+
+        Each reading is validated and its index rows extracted *before* the transaction
+        (``stage`` needs no session), so the database's write lock is held only for the
+        duplicate check and the inserts; several ingest processes can then do their CPU
+        work side by side."""
+        moment = self.service.clock()
+        staged = PendingWrites()
+        groups: dict[str, list[Write]] = {}
+        for prepared in submissions:
+            for observation in prepared.observations:
+                if observation["id"] in groups:
+                    continue
+                first = len(staged.writes)
+                self.service.stage(staged, observation, "Observation", observation["id"], 1,
+                                   "POST", moment, None)
+                groups[observation["id"]] = staged.writes[first:]  # with any Provenance
         return self.service.run_write(
-            lambda session, pending: self._store_in(session, pending, submissions), retry=True)
+            lambda session, pending: self._store_in(session, pending, submissions, groups,
+                                                    staged, moment), retry=True)
 
     def _store_in(self, session: Session, pending: PendingWrites,
-                  submissions: list[PreparedReadings]) -> list[IngestResult]:
-        moment = self.service.clock()
+                  submissions: list[PreparedReadings], groups: dict[str, list[Write]],
+                  staged: PendingWrites, moment: datetime) -> list[IngestResult]:
         dialect = self.service.repository.dialect
-        existing = _stored_ids(session, dialect,
-                               [o["id"] for s in submissions for o in s.observations])
+        existing = _stored_ids(session, dialect, list(groups))
         seen: set[str] = set()
         results = []
         health: dict[str, tuple[float | None, float | None]] = {}
@@ -224,8 +240,9 @@ class DeviceGateway:
                     result.duplicates.append(oid)
                     continue
                 seen.add(oid)
-                self.service.stage(pending, observation, "Observation", oid, 1, "POST", moment,
-                                   None)
+                pending.writes.extend(groups[oid])
+                if ("Observation", oid) in staged.issues:
+                    pending.issues[("Observation", oid)] = staged.issues[("Observation", oid)]
                 result.stored.append(oid)
             battery, signal = health.get(prepared.device_id, (None, None))
             health[prepared.device_id] = (
