@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from tests.monitoring.support import Ward, minutes_ago
 
@@ -187,3 +189,25 @@ def test_alert_desk_refuses_patient_scoped_callers(database_url: str) -> None:
         assert desk.open_alerts(staff) == []
     finally:
         repository.close()
+
+
+def test_hl7_oru_vitals_are_scored(ward: Ward) -> None:
+    """HL7 v2 ORU vitals (issue 6's way in) reach NEWS2 through the same outbox."""
+    from carebridge.ingest.hl7v2.processor import Hl7Processor
+
+    now = datetime.now(UTC) - timedelta(minutes=2)
+    stamp = now.strftime("%Y%m%d%H%M%S+0000")
+    lines = [f"MSH|^~\\&|MON|WARD7|CB|CB|{stamp}||ORU^R01^ORU_R01|V77|P|2.5.1",
+             "PID|1||M77^^^GH^MR||Vega^Ana||19500505|F",
+             "OBR|1||VS-77^MON|85353-1^Vital signs^LN|||" + stamp + "|" * 18 + "F",
+             "OBX|1|NM|8867-4^Heart rate^LN||135|/min|||||F",
+             "OBX|2|NM|9279-1^Respiratory rate^LN||26|/min|||||F"]
+    reply = Hl7Processor(ward.service).handle_frame("\r".join(lines).encode())
+    assert b"|AA|" in reply
+    ward.settle()
+    scores = [o for o in ward.search("Observation",
+                                     code="http://snomed.info/sct|1104051000000101")
+              if o["subject"] != {"reference": f"Patient/{ward.patient_id}"}]
+    [score] = scores
+    assert score["valueInteger"] == 6  # pulse 135: 3, respiration 26: 3
+    assert score["interpretation"][0]["coding"][0]["code"] == "medium"  # type: ignore[index]
