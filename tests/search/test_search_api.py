@@ -678,6 +678,13 @@ COMPOSITE = [
     case(f"Observation?component-code-value-quantity={LOINC}|8480-6$80"),
     case("Observation?component-code-value-quantity=8480-6$120", "o10"),
     case(f"Observation?component-code-value-quantity={LOINC}|8480-6$120|{UCUM}|mm[Hg]", "o10"),
+    # UCUM: 120 mm[Hg] is 16.0 kPa, 95 mm[Hg] 12.7 kPa; o1 weighs 70 kg, o12 150 [lb_av]
+    # (68.04 kg)
+    case(f"Observation?component-code-value-quantity={LOINC}|8480-6$ge15|{UCUM}|kPa", "o10"),
+    case(f"Observation?component-code-value-quantity={LOINC}|8480-6$lt13|{UCUM}|kPa", "o11"),
+    case(f"Observation?code-value-quantity={LOINC}|29463-7$gt68|{UCUM}|kg", "o1", "o12"),
+    case(f"Observation?code-value-quantity={LOINC}|29463-7$lt69000|{UCUM}|g", "o12"),
+    case(f"Observation?code-value-quantity={LOINC}|29463-7$gt69|{UCUM}|kg", "o1"),
     case(f"Observation?component-code-value-quantity={LOINC}|8480-6$gt100,"
          f"{LOINC}|8462-4$lt70", "o10", "o11"),
     case(f"Observation?code-value-quantity={LOINC}|8310-5$37", "o2"),

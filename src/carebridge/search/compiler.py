@@ -389,6 +389,21 @@ class Compiler:
             return f"i.value IN ({self.marks(_uri_parents(raw))})"
         return f"i.value = {self.p(raw)}"
 
+    def _component_quantity(self, value: Value) -> str:
+        """A composite's quantity component: in canonical UCUM form when the search value
+        has a convertible unit (as :meth:`_quantity`), else the number in the stored unit."""
+        if value.code and value.system in (None, "http://unitsofmeasure.org"):
+            unit, number = canonical(value.number, value.code)
+            if unit is not None and number is not None:
+                _, low = canonical(value.low, value.code)
+                _, high = canonical(value.high, value.code)
+                lo, hi = sorted((number if low is None else low,
+                                 number if high is None else high))
+                compare = self._ordered(value, "i.c2_canon_value", number, lo, hi)
+                return f"(i.c2_canon_code = {self.p(unit)} AND {compare})"
+        compare = self._ordered(value, "i.c2_low")
+        return f"({compare} AND i.c2_code = {self.p(value.code)})" if value.code else compare
+
     def _composite(self, value: Value) -> str:
         first, second = value.parts[0], value.parts[1]
         parts = []
@@ -399,9 +414,7 @@ class Compiler:
         if second.start is not None:
             parts.append(self._date(second, "i.c2_low", "i.c2_high"))
         elif second.number is not None:
-            parts.append(self._ordered(second, "i.c2_low"))
-            if second.code:
-                parts.append(f"i.c2_code = {self.p(second.code)}")
+            parts.append(self._component_quantity(second))
         else:
             if second.code is not None:
                 parts.append(f"i.c2_code = {self.p(second.code)}")

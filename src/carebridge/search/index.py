@@ -70,23 +70,25 @@ def _token_row(value: TokenValue) -> tuple[Any, ...]:
     return (value.system, value.code, text, value.type_system, value.type_code)
 
 
-def _component_parts(value: IndexValue) -> tuple[Any, Any, Any, Any]:
-    """(system, code, low, high) of a composite's second component."""
+def _component_parts(value: IndexValue) -> tuple[Any, ...]:
+    """(system, code, low, high, canonical unit, canonical value) of a composite's second
+    component; the canonical pair only for a UCUM quantity (as in idx_quantity)."""
     if isinstance(value, TokenValue):
-        return value.system, value.code, None, None
+        return value.system, value.code, None, None, None, None
     if isinstance(value, QuantityValue):
-        return value.system, value.code, _float(value.value), _float(value.value)
+        number = _float(value.value)
+        return (value.system, value.code, number, number, *_ucum(value))
     if isinstance(value, DateValue):
-        return None, None, float(micros(value.start)), float(micros(value.end))
+        return None, None, float(micros(value.start)), float(micros(value.end)), None, None
     if isinstance(value, StringValue):
-        return None, value.normalized, None, None
+        return None, value.normalized, None, None, None, None
     if isinstance(value, NumberValue):
-        return None, None, float(value.low), float(value.high)
+        return None, None, float(value.low), float(value.high), None, None
     if isinstance(value, ReferenceValue):
-        return value.target_type, value.target_id or value.url, None, None
+        return value.target_type, value.target_id or value.url, None, None, None, None
     if isinstance(value, UriValue):
-        return None, value.value, None, None
-    return None, None, None, None
+        return None, value.value, None, None, None, None
+    return None, None, None, None, None, None
 
 
 def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:

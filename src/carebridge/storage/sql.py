@@ -22,7 +22,8 @@ INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "idx_reference": ("target_type", "target_id", "version", "url", "ident_system",
                       "ident_value"),
     "idx_uri": ("value",),
-    "idx_composite": ("c1_system", "c1_code", "c2_system", "c2_code", "c2_low", "c2_high"),
+    "idx_composite": ("c1_system", "c1_code", "c2_system", "c2_code", "c2_low", "c2_high",
+                      "c2_canon_code", "c2_canon_value"),
 }
 
 Rows = dict[str, list[tuple[Any, ...]]]

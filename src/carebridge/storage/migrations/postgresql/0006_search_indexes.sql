@@ -22,6 +22,10 @@ CREATE INDEX idx_reference_lookup ON idx_reference (target_id, target_type, para
 DROP INDEX idx_reference_resource;
 CREATE INDEX idx_reference_resource ON idx_reference (resource_type, id, param, target_type, target_id);
 
+-- A composite's quantity component also in canonical UCUM form, as idx_quantity has it.
+ALTER TABLE idx_composite ADD COLUMN c2_canon_code TEXT;
+ALTER TABLE idx_composite ADD COLUMN c2_canon_value DOUBLE PRECISION;
+
 DROP INDEX idx_string_lookup1;
 CREATE INDEX idx_string_lookup ON idx_string (resource_type, param, norm, id);
 
