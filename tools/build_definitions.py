@@ -265,15 +265,16 @@ def select(files: list[tuple[str, Json]]) -> tuple[dict[str, list[Json]], dict[s
         by_url.setdefault(sp["url"], sp)
     search_params = list(by_url.values())
 
-    # Terminology: ValueSets of required and extensible bindings, transitively included
-    # ValueSets, and the CodeSystems they draw from, when the package has them.
+    # Terminology: ValueSets of required, extensible and preferred bindings, transitively
+    # included ValueSets, and the CodeSystems they draw from, when the package has them.
     required: set[str] = set()
     for sd in resources + types + profiles:
         for element in sd["snapshot"]["element"]:
             binding = element.get("binding")
-            # Required bindings are errors, extensible ones warnings (the validator's rules).
-            if binding and binding.get("strength") in ("required", "extensible") and (
-                    "valueSet" in binding):
+            # Required bindings are errors, extensible and preferred ones warnings (the
+            # validator's rules).
+            if binding and binding.get("strength") in (
+                    "required", "extensible", "preferred") and "valueSet" in binding:
                 required.add(canonical(binding["valueSet"]))
     wanted_vs: set[str] = set()
     missing_vs: set[str] = set()
@@ -359,8 +360,8 @@ FILE_DESCRIPTIONS = {
     ),
     "compartments": "The CompartmentDefinitions (Patient, Encounter, RelatedPerson, ...).",
     "terminology": (
-        "ValueSets referenced by required and extensible bindings of the StructureDefinitions "
-        "above, the "
+        "ValueSets referenced by required, extensible and preferred bindings of the "
+        "StructureDefinitions above, the "
         "ValueSets they include (transitively), and the CodeSystems they draw codes from "
         "where the package has them."
     ),
@@ -444,7 +445,7 @@ def readme(
             + [f"`OperationDefinition/{s}`" for s in skipped["OperationDefinition"]]
         )
         + ".",
-        "- Required/extensible-binding ValueSets not in the package: "
+        "- Required/extensible/preferred-binding ValueSets not in the package: "
         + ", ".join(f"`{s}`" for s in notes["required_value_sets_missing"])
         + ".",
         "- CodeSystems not in the package (external terminologies): "

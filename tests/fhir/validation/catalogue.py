@@ -252,6 +252,9 @@ def _cases() -> list[Case]:
     add("extensible binding, known system, unknown code",
         broken(CONDITION, category__0__coding__0__code="bogus"), "code-invalid",
         "Condition.category[0].coding[0]", "warning")
+    add("preferred binding, known system, unknown code",
+        broken(HEART_RATE, category__0__coding__0__code="vital-sign"), "code-invalid",
+        "Observation.category[0].coding[0]", "warning")
     add("extensible binding on a Coding",
         broken(ENCOUNTER, **{"class": {"system":
                                        "http://terminology.hl7.org/CodeSystem/v3-ActCode",

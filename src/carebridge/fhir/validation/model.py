@@ -80,7 +80,8 @@ class ElementRule:
     def settle(self) -> None:
         """Compute :attr:`plain` once the rule is complete."""
         self.plain = (self.fixed is None and self.pattern is None and not self.invariants and (
-            self.binding is None or self.binding.strength not in ("required", "extensible")))
+            self.binding is None or self.binding.strength not in (
+                "required", "extensible", "preferred")))
         for trule in self.types.values():
             trule.fast = (self.plain and not self.array and self.max != 0
                           and trule.primitive is not None

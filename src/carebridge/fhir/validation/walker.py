@@ -42,6 +42,9 @@ _ACTIVE_HTML = re.compile(
     r"|\son[a-z]+\s*=|javascript:", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
 _URI_TYPES = frozenset({"uri", "canonical", "url"})
+# Required bindings give errors; extensible and preferred ones warnings, only for codes of a
+# system the value set draws from (http://hl7.org/fhir/R4/terminologies.html#strength).
+_CHECKED_BINDINGS = frozenset({"required", "extensible", "preferred"})
 
 
 class Definitions(Protocol):
@@ -305,7 +308,7 @@ class Walker:
         if rule.pattern is not None and not matches_pattern(value, rule.pattern):
             self.error("value", f"{rule.path} must match the pattern {_show(rule.pattern)}, "
                        f"found {_show(value)}", expr)
-        if rule.binding is not None and rule.binding.strength in ("required", "extensible"):
+        if rule.binding is not None and rule.binding.strength in _CHECKED_BINDINGS:
             self.binding(rule, code, value, expr)
         if rule.invariants:
             self.invariants(rule, value, expr, env)
@@ -428,10 +431,10 @@ class Walker:
                            "carries no code from it", expr)
             return
         systems = expansion.systems
-        if strength == "extensible" and not any(
+        if strength != "required" and not any(
                 isinstance(coding.get("system"), str) and coding["system"] in systems
                 for coding, _ in codings):
-            return  # extensible: codes from other systems are allowed
+            return  # extensible/preferred: codes from other systems are allowed
         first, where = codings[0]
         shown = f"{first.get('system', '(no system)')}|{first.get('code')}"
         self.error("code-invalid", f"{shown} is not in the {strength} value set {vs} for "
