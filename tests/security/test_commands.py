@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+from argon2 import PasswordHasher
 from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
@@ -69,5 +70,36 @@ def test_client_add_and_keys_rotate(database_url: str, tmp_path: Path) -> None:
         assert authority.keys.signing_key().kid == rotated[1]
         published = {k["kid"] for k in authority.keys.jwks()["keys"]}
         assert published == {before, rotated[1]}  # the old key verifies tokens until expiry
+    finally:
+        repo.close()
+
+
+def test_demo_credentials_work(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from starlette.testclient import TestClient
+
+    from carebridge.api import create_api
+    from carebridge.api.middleware import ApiSecurity
+    from carebridge.security.commands import demo_credentials
+    from carebridge.security.policy import SmartPolicy
+    from carebridge.services import ResourceService
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+    demo_credentials(database_url, "http://testserver", "p-1", cheap)
+    first = capsys.readouterr().out
+    demo_credentials(database_url, "http://testserver", "p-1", cheap)  # a restart resets them
+    out = capsys.readouterr().out
+    password = re.search(r"demo-patient: password (\S+)", out)
+    token = re.search(r"export TOKEN=(\S+)", out)
+    assert password and token and password[1] not in first
+    repo = open_repository(database_url)
+    try:
+        authority = Authority.open(repo, "http://testserver", hasher=cheap)
+        assert authority.users.authenticate("demo-patient", password[1], None).patient_id == "p-1"
+        assert authority.clients.get("demo-app") is not None
+        app = create_api(ResourceService(repo, policy=SmartPolicy()),
+                         security=ApiSecurity(authority=authority))
+        with TestClient(app) as client:
+            assert client.get("/fhir/Patient", headers={
+                "Authorization": f"Bearer {token[1]}"}).status_code == 200
     finally:
         repo.close()

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from argon2 import PasswordHasher
 from rich.console import Console
 
 from carebridge.security.authority import Authority
@@ -38,8 +39,9 @@ client_app = typer.Typer(help="OAuth clients: add", no_args_is_help=True)
 keys_app = typer.Typer(help="signing and encryption keys: rotate", no_args_is_help=True)
 
 
-def _authority(database: str, base_url: str = "http://127.0.0.1:8080") -> Authority:
-    return Authority.open(open_data_repository(database), base_url.rstrip("/"))
+def _authority(database: str, base_url: str = "http://127.0.0.1:8080",
+               hasher: PasswordHasher | None = None) -> Authority:
+    return Authority.open(open_data_repository(database), base_url.rstrip("/"), hasher=hasher)
 
 
 def _password(given: str | None) -> str:
@@ -163,9 +165,10 @@ DEMO_CLIENT = "demo-app"
 DEMO_REDIRECT = "http://127.0.0.1:9090/callback"
 
 
-def demo_credentials(database: str, base_url: str, patient_id: str) -> None:
+def demo_credentials(database: str, base_url: str, patient_id: str,
+                     hasher: PasswordHasher | None = None) -> None:
     """Create (or reset) the demo's users and client and print their credentials."""
-    authority = _authority(database, base_url)
+    authority = _authority(database, base_url, hasher)
     users, clients = authority.users, authority.clients
     try:
         console.print("[bold]Demo credentials[/] (demo database only; passwords change on"
@@ -182,7 +185,7 @@ def demo_credentials(database: str, base_url: str, patient_id: str) -> None:
             line = f"  {name}: password {password}"
             if secret:
                 line += f", TOTP secret {secret}"
-            console.print(line)
+            console.print(line, soft_wrap=True)
         if clients.get(DEMO_CLIENT) is None:
             clients.add(DEMO_CLIENT, "public", redirect_uris=[DEMO_REDIRECT],
                         scopes="openid fhirUser launch launch/patient offline_access "
@@ -193,7 +196,8 @@ def demo_credentials(database: str, base_url: str, patient_id: str) -> None:
                                   scope="user/*.cruds", roles=frozenset({"physician"})).token
         console.print("  an 8-hour physician token for curl:\n"
                       f"    export TOKEN={token}\n"
-                      f'    curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Patient')
+                      f'    curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Patient',
+                      soft_wrap=True)  # never break a token across lines
     finally:
         authority.store.repository.close()
 
