@@ -344,18 +344,24 @@ class Compiler:
         slack = abs(q) * 0.1  # ap: within 10 % of the value
         return f"({column} >= {self.p(q - slack)} AND {column} <= {self.p(q + slack)})"
 
+    def _canonical(self, value: Value, unit_column: str, value_column: str) -> str | None:
+        """The value compared in canonical UCUM form, when its unit converts; else None."""
+        if not value.code or value.system not in (None, "http://unitsofmeasure.org"):
+            return None
+        unit, number = canonical(value.number, value.code)
+        if unit is None or number is None:
+            return None
+        _, low = canonical(value.low, value.code)
+        _, high = canonical(value.high, value.code)
+        lo, hi = sorted((number if low is None else low, number if high is None else high))
+        compare = self._ordered(value, value_column, number, lo, hi)
+        return f"({unit_column} = {self.p(unit)} AND {compare})"
+
     def _quantity(self, value: Value) -> str:
         if value.code is not None:
-            unit, number = canonical(value.number, value.code)
-            if unit is not None and number is not None and (
-                value.system in (None, "http://unitsofmeasure.org")
-            ):
-                _, low = canonical(value.low, value.code)
-                _, high = canonical(value.high, value.code)
-                lo, hi = sorted((number if low is None else low,
-                                 number if high is None else high))
-                compare = self._ordered(value, "i.canon_value", number, lo, hi)
-                return f"(i.canon_code = {self.p(unit)} AND {compare})"
+            converted = self._canonical(value, "i.canon_code", "i.canon_value")
+            if converted is not None:
+                return converted
             system = f" AND i.system = {self.p(value.system)}" if value.system else ""
             return (f"(i.code = {self.p(value.code)}{system} AND "
                     f"{self._ordered(value, 'i.value')})")
@@ -392,15 +398,9 @@ class Compiler:
     def _component_quantity(self, value: Value) -> str:
         """A composite's quantity component: in canonical UCUM form when the search value
         has a convertible unit (as :meth:`_quantity`), else the number in the stored unit."""
-        if value.code and value.system in (None, "http://unitsofmeasure.org"):
-            unit, number = canonical(value.number, value.code)
-            if unit is not None and number is not None:
-                _, low = canonical(value.low, value.code)
-                _, high = canonical(value.high, value.code)
-                lo, hi = sorted((number if low is None else low,
-                                 number if high is None else high))
-                compare = self._ordered(value, "i.c2_canon_value", number, lo, hi)
-                return f"(i.c2_canon_code = {self.p(unit)} AND {compare})"
+        converted = self._canonical(value, "i.c2_canon_code", "i.c2_canon_value")
+        if converted is not None:
+            return converted
         compare = self._ordered(value, "i.c2_low")
         return f"({compare} AND i.c2_code = {self.p(value.code)})" if value.code else compare
 
