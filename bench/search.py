@@ -1897,6 +1897,12 @@ def print_summary(timings: Sequence[Timing], paging: Sequence[PagingResult]) -> 
           f"{count(population, lambda t: t.p('product', .95) < POPULATION_P95_MS)}")
     print(f"  within {RATIO_TARGET:.0f}x of the floor (p50):   "
           f"{count(every, lambda t: t.ratio <= RATIO_TARGET)}")
+    # The floor is SQL on an open connection; the product answers over HTTP, whose request
+    # alone costs about a millisecond here: for sub-millisecond floors the line above
+    # measures HTTP. The product's own SQL, re-run the same way as the floor, compares the
+    # search engine itself.
+    print(f"  its SQL within {RATIO_TARGET:.0f}x of the floor (p50): "
+          f"{count(every, lambda t: t.sql_ratio <= RATIO_TARGET)}")
     for result in paging:
         first, last = result.pages
         print(f"  paging {result.key} page {result.depth} vs page 1 (p95):"
