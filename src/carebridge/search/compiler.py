@@ -131,9 +131,11 @@ class Compiler:
             found = f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own} AND ({ors}))"
         return f"NOT {found}" if negate else found
 
-    def driver(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
+    def driver(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion,
+               distinct: bool = True) -> str:
         """A subquery of the distinct ``(resource_type, id)`` pairs matching a positive
-        criterion, to lead a join: only current resources have index rows."""
+        criterion, to lead a join: only current resources have index rows. Without
+        ``distinct`` (one type only) a resource may come once per matching index row."""
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
             scope = self._scope(types, "c.resource_type")
@@ -141,7 +143,8 @@ class Compiler:
                     f" AND c.id IN ({self.marks(ids)}) AND NOT c.deleted")
         inner = self.ids(types, criterion, *same_row)
         if len(types) == 1:
-            return f"SELECT DISTINCT {self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
+            unique = "DISTINCT " if distinct else ""
+            return f"SELECT {unique}{self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
         return f"SELECT DISTINCT * FROM ({inner}) d"
 
     def _in(self, alias: str, types: tuple[str, ...], subquery: str, *, negate: bool) -> str:

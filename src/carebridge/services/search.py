@@ -504,12 +504,17 @@ class SearchService:
             if leader.has is None and leader.code != "_list":
                 # Index rows exist for current resources only: the leading criterion's ids
                 # are counted without reading the resource table.
-                driver = compiler.driver(types, *(query.criteria[n] for n in lead.covers))
+                # One type: count(DISTINCT id), which SQLite answers from an index that
+                # delivers the ids in order without building a set of them.
+                single = len(types) == 1
+                driver = compiler.driver(types, *(query.criteria[n] for n in lead.covers),
+                                         distinct=not single)
                 checks = [compiler.exists(c, "d") for n, c in enumerate(query.criteria)
                           if n not in lead.covers]
                 where = f" WHERE {' AND '.join(checks)}" if checks else ""
+                counted = "count(DISTINCT d.id)" if single else "count(*)"
                 return int(session.query(*compiler.finish(
-                    f"SELECT count(*) FROM ({driver}) d{where}"))[0][0])
+                    f"SELECT {counted} FROM ({driver}) d{where}"))[0][0])
         if not query.criteria and compartment is None and (
                 narrowing is None or narrowing.patient is None):
             # Every current resource has one _lastUpdated index row, a deleted one none:
