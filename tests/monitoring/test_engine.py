@@ -191,23 +191,44 @@ def test_alert_desk_refuses_patient_scoped_callers(database_url: str) -> None:
         repository.close()
 
 
-def test_hl7_oru_vitals_are_scored(ward: Ward) -> None:
-    """HL7 v2 ORU vitals (issue 6's way in) reach NEWS2 through the same outbox."""
-    from carebridge.ingest.hl7v2.processor import Hl7Processor
-
-    now = datetime.now(UTC) - timedelta(minutes=2)
-    stamp = now.strftime("%Y%m%d%H%M%S+0000")
-    lines = [f"MSH|^~\\&|MON|WARD7|CB|CB|{stamp}||ORU^R01^ORU_R01|V77|P|2.5.1",
+def _oru(control: str, minutes: float, obx: list[str]) -> bytes:
+    stamp = (datetime.now(UTC) - timedelta(minutes=minutes)).strftime("%Y%m%d%H%M%S+0000")
+    lines = [f"MSH|^~\\&|MON|WARD7|CB|CB|{stamp}||ORU^R01^ORU_R01|{control}|P|2.5.1",
              "PID|1||M77^^^GH^MR||Vega^Ana||19500505|F",
-             "OBR|1||VS-77^MON|85353-1^Vital signs^LN|||" + stamp + "|" * 18 + "F",
-             "OBX|1|NM|8867-4^Heart rate^LN||135|/min|||||F",
-             "OBX|2|NM|9279-1^Respiratory rate^LN||26|/min|||||F"]
-    reply = Hl7Processor(ward.service).handle_frame("\r".join(lines).encode())
+             f"OBR|1||VS-{control}^MON|85353-1^Vital signs^LN|||" + stamp + "|" * 18 + "F"]
+    lines += [f"OBX|{n}|{line}" for n, line in enumerate(obx, 1)]
+    return "\r".join(lines).encode()
+
+
+def test_hl7_oru_vitals_of_a_monitored_patient_are_scored(ward: Ward) -> None:
+    """HL7 v2 ORU vitals (issue 6's way in) reach NEWS2 through the same outbox, once the
+    patient is under monitoring (here enrolled by a ``news2`` rule)."""
+    from carebridge.ingest.hl7v2.processor import Hl7Processor
+    from carebridge.monitoring.codes import RULE_CODE
+
+    hl7 = Hl7Processor(ward.service)
+    assert b"|AA|" in hl7.handle_frame(_oru("V1", 3, ["NM|8867-4^Heart rate^LN||80|/min|||||F"]))
+    ward.settle()
+    news2 = "http://snomed.info/sct|1104051000000101"
+    assert ward.search("Observation", code=news2,
+                       subject=f"Patient/{ward.patient_id}") == []
+    [patient] = [p for p in ward.search("Patient") if p["id"] != ward.patient_id]
+    assert ward.search("Observation", code=news2, subject=f"Patient/{patient['id']}") == []
+    ward.service.create(SYSTEM, "Basic", {
+        "resourceType": "Basic", "code": {"coding": [{"system": RULE_CODE, "code": "news2"}]},
+        "subject": {"reference": f"Patient/{patient['id']}"}})
+    ward.settle()
+    reply = hl7.handle_frame(_oru("V2", 2, ["NM|8867-4^Heart rate^LN||135|/min|||||F",
+                                            "NM|9279-1^Respiratory rate^LN||26|/min|||||F"]))
     assert b"|AA|" in reply
     ward.settle()
-    scores = [o for o in ward.search("Observation",
-                                     code="http://snomed.info/sct|1104051000000101")
-              if o["subject"] != {"reference": f"Patient/{ward.patient_id}"}]
-    [score] = scores
+    [score] = ward.search("Observation", code=news2, subject=f"Patient/{patient['id']}")
     assert score["valueInteger"] == 6  # pulse 135: 3, respiration 26: 3
     assert score["interpretation"][0]["coding"][0]["code"] == "medium"  # type: ignore[index]
+
+
+def test_old_readings_fill_history_but_raise_nothing(ward: Ward) -> None:
+    ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(6 * 60), "hr": 150},
+                                   ward.secret)
+    ward.settle()
+    assert news2_scores(ward) == [] and flags(ward) == []

@@ -9,7 +9,7 @@ import random
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -63,6 +63,7 @@ def _subject(flag: dict[str, object]) -> str:
 def test_deterioration_to_alert_on_the_stream(ward: Ward,
                                               mosquitto_server: ThrowawayMosquitto) -> None:
     ward.monitoring.settings = MonitoringSettings(mqtt_url=mosquitto_server.url)
+    ward.monitoring.engine.settings.offline_after = timedelta(minutes=5)  # no silence alerts
     patients = [simulator.SimulatedPatient(ward.patient_id, ward.device_id, ward.secret,
                                            "sepsis", rng=random.Random(1))]
     for scenario in ("respiratory", "stable", "stable", "sepsis"):

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -78,6 +79,7 @@ class MonitoringEngine:
         self.subscriptions = subscriptions or SubscriptionMatcher(service)
         self.dialect = service.repository.dialect
         self._rules: dict[str, list[Rule]] | None = None
+        self._monitored: frozenset[str] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,14 +125,36 @@ class MonitoringEngine:
             self._rules = self._load_rules()
         return self._rules
 
-    def _load_rules(self) -> dict[str, list[Rule]]:
-        from carebridge.monitoring.codes import RULE_CODE
+    def monitored(self) -> frozenset[str]:
+        """Patients under remote monitoring: a Device is bound to them (``Device.patient``)
+        or a monitoring rule names them (kind ``news2`` enrols without other conditions).
+        Only their readings are scored: an EHR import of old vitals raises nothing."""
+        if self._monitored is None:
+            patients = set(self.rules())
+            for match in self._search_all("Device", [("patient:missing", "false")]):
+                reference = (orjson.loads(match.body).get("patient") or {}).get("reference", "")
+                if reference.startswith("Patient/"):
+                    patients.add(reference.removeprefix("Patient/"))
+            self._monitored = frozenset(patients)
+        return self._monitored
+
+    def _search_all(self, resource_type: str, params: list[tuple[str, str]]) -> list[Any]:
         from carebridge.services.search import SearchService
 
-        found = SearchService(self.service).search(
-            MONITOR, "Basic", [("code", f"{RULE_CODE}|"), ("_count", "1000")])
+        search = SearchService(self.service)
+        found = search.search(MONITOR, resource_type, [*params, ("_count", "1000")])
+        matches = list(found.matches)
+        while found.next_cursor:
+            found = search.search(MONITOR, resource_type, [
+                *params, ("_count", "1000"), ("_cursor", found.next_cursor)])
+            matches.extend(found.matches)
+        return matches
+
+    def _load_rules(self) -> dict[str, list[Rule]]:
+        from carebridge.monitoring.codes import RULE_CODE
+
         by_patient: dict[str, list[Rule]] = defaultdict(list)
-        for match in found.matches:
+        for match in self._search_all("Basic", [("code", f"{RULE_CODE}|")]):
             try:
                 rule = rule_from_basic(orjson.loads(match.body))
             except RuleError as exc:
@@ -158,6 +182,7 @@ class MonitoringEngine:
     def process_once(self) -> int:
         """Handle up to one batch of outbox rows; returns how many were handled."""
         rules = self.rules()
+        monitored = self.monitored()
         self.subscriptions.refresh()
         self.service.policy.authorize(MONITOR, Action.CREATE, "Observation")
         changed: list[ResourceChanged] = []
@@ -166,18 +191,20 @@ class MonitoringEngine:
             changed.clear()
             changed.extend(claim(session, self.dialect, self.settings.batch))
             if changed:
-                self._handle(session, pending, changed, rules)
+                self._handle(session, pending, changed, rules, monitored)
             return len(changed)
 
         handled = self.service.run_write(work, retry=True)
-        if any(c.resource_type in ("Basic", "CarePlan") for c in changed):
+        if any(c.resource_type in ("Basic", "CarePlan", "Device") for c in changed):
             self._rules = None
+            self._monitored = None
         if any(c.resource_type == "Subscription" for c in changed):
             self.subscriptions.invalidate()
         return handled
 
     def _handle(self, session: Session, pending: PendingWrites,
-                changed: list[ResourceChanged], rules: dict[str, list[Rule]]) -> None:
+                changed: list[ResourceChanged], rules: dict[str, list[Rule]],
+                monitored: frozenset[str]) -> None:
         moment = self.service.clock()
         wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
                   and (c.resource_type in ("Observation", "Subscription")
@@ -187,13 +214,18 @@ class MonitoringEngine:
         for c in changed:
             current = bodies.get((c.resource_type, c.resource_id))
             if c.resource_type == "Observation" and current is not None and current.body:
-                readings.extend(readings_of(orjson.loads(current.body)))
+                readings.extend(r for r in readings_of(orjson.loads(current.body))
+                                if r.patient_id in monitored)
         if readings:
             insert_many(session, self.dialect, "mon_reading", _READING_COLUMNS,
                         [r.row() for r in readings])
+        # Only recent readings trigger scoring and rules (a late upload of last week's
+        # readings fills the history for trends but does not raise today's alerts).
+        recent_since = moment - self.settings.window
         by_patient: dict[str, list[ReadingRow]] = defaultdict(list)
         for reading in readings:
-            by_patient[reading.patient_id].append(reading)
+            if reading.effective >= recent_since:
+                by_patient[reading.patient_id].append(reading)
         for patient, new in by_patient.items():
             patient_rules = rules.get(patient, [])
             if any(r.code in SCORED_CODES for r in new):

@@ -4,7 +4,7 @@ A rule is a ``Basic`` whose ``code`` is from carebridge's monitoring-rule code s
 whose ``subject`` is the Patient it watches (or a CarePlan: the rule then watches the plan's
 subject). Its parameters sit in one complex extension (docs/monitoring.md has examples)::
 
-    Basic.code      threshold | trend | no-data | news2-spo2-scale-2
+    Basic.code      threshold | trend | no-data | news2-spo2-scale-2 | news2 (enrol only)
     extension[url=.../monitoring-rule].extension:
       code        valueCoding   the LOINC vital sign watched
       comparator  valueCode     < <= > >=          (threshold)
@@ -29,7 +29,7 @@ from typing import Any
 from carebridge.monitoring.codes import RULE_CODE, RULE_EXT
 from carebridge.monitoring.vitals import SPO2, SPO2_PULSE_OX
 
-KINDS = ("threshold", "trend", "no-data", "news2-spo2-scale-2")
+KINDS = ("threshold", "trend", "no-data", "news2-spo2-scale-2", "news2")
 _UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
 _COMPARATORS = {"<", "<=", ">", ">="}
 
@@ -81,7 +81,7 @@ def rule_from_basic(resource: dict[str, Any]) -> Rule | None:
     comparator = parts.get("comparator")
     value = parts.get("value")
     duration = _duration(parts.get("duration"))
-    if kind != "news2-spo2-scale-2" and not isinstance(code, str):
+    if kind not in ("news2-spo2-scale-2", "news2") and not isinstance(code, str):
         raise RuleError("the rule needs a code (valueCoding of the vital sign)")
     if kind == "threshold" and comparator not in _COMPARATORS:
         raise RuleError(f"a threshold needs a comparator in {sorted(_COMPARATORS)}")
