@@ -45,8 +45,9 @@ def test_report_counts_issues_by_type_rule_and_severity(repository: Repository) 
     assert report.duplicates == [("Patient/p1", "Patient/p2",
                                   "same name (smith, ann), birth date 1980-05-01 and "
                                   "identifier http://hospital.example.org/mrn|12345")]
-    # What the writes recorded: the downgraded error and the implausible heart rate.
-    assert report.recorded == {"Patient": 1, "Observation": 1}
+    # What the writes recorded: the twin (a duplicate when written), the downgraded error
+    # and the implausible heart rate.
+    assert report.recorded == {"Patient": 2, "Observation": 1}
 
 
 def test_duplicates_need_name_birth_date_and_a_shared_identifier_or_address() -> None:

@@ -7,8 +7,9 @@ are counted by resource type, rule and severity; a few examples per rule say whe
 
 Likely duplicates: two Patients with the same normalised name (family and given names,
 case and accents folded) and birth date that also share an identifier (system and value) or
-an address (first line and postal code). Finding them needs the whole population, so this is
-a report, not a check on each write.
+an address (first line and postal code). Each write of a Patient is also checked against
+the stored Patients with its family name and birth date (services/validation.py); the
+report looks across the whole store.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.resource import format_instant
 from carebridge.fhir.validation import Validator, raise_for_errors
 from carebridge.fhir.validation.snapshot import complete_snapshot
+from carebridge.quality.report import likely_duplicates
 from carebridge.quality.rules import check_quality
 from carebridge.storage.base import Repository, Session, Write
 
@@ -80,6 +81,8 @@ class WriteValidation:
         if self.mode == "strict":
             raise_for_errors(issues)
         issues += check_quality(resource)
+        if resource.get("resourceType") == "Patient":
+            issues += self.duplicates(resource)
         kept = []
         for issue in issues:
             if issue.severity in ("error", "fatal"):  # warn mode: recorded, not refused
@@ -88,6 +91,41 @@ class WriteValidation:
             if issue.severity == "warning":
                 kept.append(issue)
         return kept
+
+    def duplicates(self, patient: dict[str, Any]) -> list[Issue]:
+        """``duplicate-patient`` warnings: stored Patients with the same normalised name and
+        birth date that share an identifier or an address (quality/report.py has the rule).
+        Looked up like profiles, in a thread of its own, from committed data."""
+        if self.repository is None or not isinstance(patient.get("birthDate"), str):
+            return []
+        families = sorted({n["family"] for n in patient.get("name") or ()
+                           if isinstance(n, dict) and isinstance(n.get("family"), str)})
+        if not families:
+            return []
+        candidates = self._reader.submit(self._patients_like, patient["birthDate"],
+                                         families).result()
+        own = f"Patient/{patient.get('id')}"
+        issues = []
+        for first, second, why in likely_duplicates([patient, *candidates]):
+            if own in (first, second):
+                other = second if first == own else first
+                issues.append(Issue("warning", "business-rule",
+                                    f"duplicate-patient: likely the same person as {other}: "
+                                    f"{why}", ("Patient",)))
+        return issues
+
+    def _patients_like(self, birth_date: str, families: list[str]) -> list[dict[str, Any]]:
+        assert self.repository is not None
+        from carebridge.search.query import parse_query
+
+        found: dict[str, dict[str, Any]] = {}
+        with self.repository.session() as session:
+            for family in families[:3]:
+                query = parse_query("Patient", [("birthdate", birth_date), ("family", family),
+                                                ("_count", "50")])
+                for match in self._searcher().run(session, query, None).matches:
+                    found.setdefault(match.id, orjson.loads(match.body))
+        return list(found.values())
 
     def stored(self, resource_type: str, resource: dict[str, Any] | None) -> None:
         """Forget a cached profile when its StructureDefinition changes."""

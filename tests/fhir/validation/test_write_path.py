@@ -325,3 +325,23 @@ def test_binary_patch_entries_in_transactions_are_validated(client: TestClient) 
     response = client.post("/fhir", json=bundle, headers=FHIR)
     assert response.status_code == 422
     assert issue_at(response.json(), "Bundle.entry[0].resource.birthDate")["code"] == "value"
+
+
+def test_a_likely_duplicate_patient_is_a_warning_on_write(client: TestClient,
+                                                          service: ResourceService) -> None:
+    assert client.put("/fhir/Patient/p1", json=PATIENT, headers=FHIR).status_code == 201
+    # Updating the same patient is not a duplicate of itself.
+    again = client.put("/fhir/Patient/p1", json=broken(PATIENT, active=False), headers=OUTCOME)
+    assert [i["severity"] for i in again.json()["issue"]] == ["information"]
+    twin = broken(PATIENT, id="p2", name=[{"family": "SMITH", "given": ["Ánn"]}])
+    response = client.put("/fhir/Patient/p2", json=twin, headers=OUTCOME)
+    assert response.status_code == 201
+    warning = issue_at(response.json(), "Patient")
+    assert (warning["severity"], warning["code"]) == ("warning", "business-rule")
+    assert warning["diagnostics"].startswith(
+        "duplicate-patient: likely the same person as Patient/p1: same name (smith, ann), "
+        "birth date 1980-05-01 and identifier http://hospital.example.org/mrn|12345")
+    other = broken(twin, id="p3", identifier=[{"system": "http://x", "value": "9"}])
+    quiet = client.put("/fhir/Patient/p3", json=other, headers=OUTCOME)
+    assert [i["severity"] for i in quiet.json()["issue"]] == ["information"]
+    assert [v for v, _ in service.validation.recorded("Patient", "p2")] == [1]
