@@ -23,6 +23,7 @@ StructureDefinitions stored on this server (by ``url``), compiled and cached per
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 
 MODES = ("strict", "warn", "off")
 PROFILE_TTL = 10.0
+LOOKUP_TIMEOUT = 10.0  # seconds for a look-up in the reader thread (pool may be exhausted)
+
+log = logging.getLogger(__name__)
 
 
 class WriteValidation:
@@ -102,8 +106,13 @@ class WriteValidation:
                            if isinstance(n, dict) and isinstance(n.get("family"), str)})
         if not families:
             return []
-        candidates = self._reader.submit(self._patients_like, patient["birthDate"],
-                                         families).result()
+        try:
+            candidates = self._reader.submit(self._patients_like, patient["birthDate"],
+                                             families).result(timeout=LOOKUP_TIMEOUT)
+        except Exception:  # a warning we cannot compute must not fail a write
+            log.warning("duplicate-patient look-up failed; the write goes on without it",
+                        exc_info=True)
+            return []
         own = f"Patient/{patient.get('id')}"
         issues = []
         for first, second, why in likely_duplicates([patient, *candidates]):
@@ -195,7 +204,11 @@ class WriteValidation:
         hit = self._lookups.get(url)
         if hit is not None and hit[0] > now:
             return hit[1]
-        found = self._reader.submit(self._lookup, url).result()
+        try:
+            found = self._reader.submit(self._lookup, url).result(timeout=LOOKUP_TIMEOUT)
+        except Exception:  # reported as an unknown profile, not a 500
+            log.warning("profile look-up of %s failed", url, exc_info=True)
+            return None
         self._lookups[url] = (now + PROFILE_TTL, found)
         return found
 
