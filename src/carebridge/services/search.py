@@ -271,18 +271,23 @@ class SearchService:
     def _walk_code(self, session: Session, query: SearchQuery,
                    compartment: tuple[str, str] | None, narrowing: Narrowing | None,
                    cursor: str | None, lead: Lead | None) -> list[tuple[Any, ...]] | None:
-        """A page in the default order (by id) when no criterion is selective enough to lead
-        but one is a single ``system|code`` token: its lookup index, (type, param, code,
-        system, id), holds the matching ids in id order, so walking it from the cursor and
-        checking the other criteria per row stops at the page's end. None otherwise."""
-        if (lead is None or lead.index is not None or len(query.resource_types) != 1
-                or query.sort):
+        """A page in the default order (by id) when the leading criterion, or with none
+        selective enough to lead any criterion, is a single ``system|code`` token: its lookup
+        index, (type, param, code, system, id), holds the matching ids in id order, so
+        walking it from the cursor and checking the other criteria per row stops at the
+        page's end. None otherwise."""
+        if lead is None or len(query.resource_types) != 1 or query.sort:
             return None
-        walk = next((n for n, c in enumerate(query.criteria)
-                     if c.type == "token" and c.modifier is None and c.chain is None
-                     and c.has is None and c.code != "_id" and len(c.values) == 1
-                     and c.values[0].system and c.values[0].code is not None), None)
-        if walk is None:
+        tokens = [n for n, c in enumerate(query.criteria)
+                  if c.type == "token" and c.modifier is None and c.chain is None
+                  and c.has is None and c.code != "_id" and len(c.values) == 1
+                  and c.values[0].system and c.values[0].code is not None]
+        # Leading with such a token reads the same index rows as walking it, but all of
+        # them; walking stops at the page's end.
+        if lead.index is not None and lead.covers != (lead.index,):
+            return None
+        walk = lead.index if lead.index is not None else (tokens[0] if tokens else None)
+        if walk is None or walk not in tokens:
             return None
         values, backwards = self._cursor(cursor, 1)
         if backwards:
