@@ -44,14 +44,13 @@ PERFORMER_FUNCTION = V2_TABLE.format(443)
 
 def map_vxu(message: Message, lookup: Lookup) -> Mapped:
     mapped = Mapped()
-    patient, encounter = subject_entries(message, mapped)
+    patient, encounter = subject_entries(message, mapped, lookup)
     groups = _groups(message)
     if not groups:
         raise MessageError("VXU^V04 needs at least one RXA segment", SEGMENT_SEQUENCE_ERROR,
                            "RXA", 1)
     for orc, rxa, rxr, obxs in groups:
-        _immunization(message, orc, rxa, rxr, obxs, patient.reference,
-                      encounter.reference if encounter else None, mapped)
+        _immunization(message, orc, rxa, rxr, obxs, patient, encounter, mapped)
     return mapped
 
 

@@ -44,38 +44,47 @@ from carebridge.ingest.hl7v2.vocabulary import PATIENT_CLASS, REPORT_STATUS, V2_
 OBSERVATION_KEY = "urn:carebridge:hl7v2:observation:"
 
 
-def subject_entries(message: Message, mapped: Mapped) -> tuple[Entry, Entry | None]:
-    """Patient (and Encounter when PV1-19 is valued), created only if not known yet."""
+def subject_entries(message: Message, mapped: Mapped,
+                    lookup: Lookup) -> tuple[str, str | None]:
+    """References to the Patient (and the Encounter when PV1-19 is valued): the stored
+    ones when known (read in the message's transaction), else new ones created from PID/PV1
+    by conditional create (If-None-Exist), so a concurrent creator is not duplicated."""
     pid = message.require("PID")
     key = patient_key(message, pid)
-    patient = mapped.add(Entry(patient_resource(message, pid), "POST", "Patient",
-                               Source("PID", pid.sequence, 3), if_none_exist=key.criteria,
-                               provenance_target=False))
+    known = lookup.find("Patient", key.criteria)
+    if known is not None:
+        patient = f"Patient/{known.id}"
+    else:
+        patient = mapped.add(Entry(patient_resource(message, pid), "POST", "Patient",
+                                   Source("PID", pid.sequence, 3),
+                                   if_none_exist=key.criteria)).reference
     pv1 = message.first("PV1")
-    encounter = None
-    if pv1 is not None and pv1.first(19):
-        visit = cx_identifier(pv1.first(19), sending_facility(message))
-        assert visit is not None
-        system, code, display = PATIENT_CLASS.get(pv1.value(2).upper(), PATIENT_CLASS["U"])
-        encounter = mapped.add(Entry(
-            {"resourceType": "Encounter", "identifier": [visit], "status": "unknown",
-             "class": {"system": system, "code": code, "display": display},
-             "subject": {"reference": patient.reference}},
-            "POST", "Encounter", Source("PV1", pv1.sequence, 19),
-            if_none_exist=f"identifier={token(visit)}", provenance_target=False))
-    return patient, encounter
+    if pv1 is None or not pv1.first(19):
+        return patient, None
+    visit = cx_identifier(pv1.first(19), sending_facility(message))
+    assert visit is not None
+    criteria = f"identifier={token(visit)}"
+    visit_known = lookup.find("Encounter", criteria)
+    if visit_known is not None:
+        return patient, f"Encounter/{visit_known.id}"
+    system, code, display = PATIENT_CLASS.get(pv1.value(2).upper(), PATIENT_CLASS["U"])
+    encounter = mapped.add(Entry(
+        {"resourceType": "Encounter", "identifier": [visit], "status": "unknown",
+         "class": {"system": system, "code": code, "display": display},
+         "subject": {"reference": patient}},
+        "POST", "Encounter", Source("PV1", pv1.sequence, 19), if_none_exist=criteria))
+    return patient, encounter.reference
 
 
 def map_oru(message: Message, lookup: Lookup) -> Mapped:
     mapped = Mapped()
-    patient, encounter = subject_entries(message, mapped)
+    patient, encounter = subject_entries(message, mapped, lookup)
     groups = _order_groups(message)
     if not groups:
         raise MessageError("ORU^R01 needs at least one OBR segment", SEGMENT_SEQUENCE_ERROR,
                            "OBR", 1)
     for orc, obr, obxs in groups:
-        _report(message, orc, obr, obxs, patient.reference,
-                encounter.reference if encounter else None, mapped)
+        _report(message, orc, obr, obxs, patient, encounter, mapped)
     return mapped
 
 
