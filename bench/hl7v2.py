@@ -9,7 +9,8 @@ What is measured:
    thread and one connection each) send their share of the messages one after the other,
    each waiting for its ACK, which the server sends only once the message's resources and its
    archive row are committed. The figure is messages per second from the first send to the
-   last ACK; every ACK must be ``AA``. Latency p50/p99 per message is reported too.
+   last ACK; every ACK must be ``AA``. Latency p50/p99 per message is reported too, and the
+   server's CPU time per message (from /proc: robust to other load on the machine).
 
 2. **Floor.** The same messages parsed by the product's parser (``read_frame``: charset,
    segment ends, python-hl7 parse, normalised tree), in this process, without mapping or
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -88,7 +90,7 @@ def feed(database_url: str, data: list[bytes], connections: int) -> dict[str, fl
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
-    with ServerProcess(database_url, extra_args=("--mllp-port", str(port))):
+    with ServerProcess(database_url, extra_args=("--mllp-port", str(port))) as server:
         def sender(share: list[bytes]) -> None:
             mine = []
             with MLLPClient("127.0.0.1", port) as client:
@@ -103,18 +105,28 @@ def feed(database_url: str, data: list[bytes], connections: int) -> dict[str, fl
 
         shares = [data[k::connections] for k in range(connections)]
         threads = [threading.Thread(target=sender, args=(s,)) for s in shares]
+        cpu_before = _cpu_seconds(server.pid)
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds(server.pid) - cpu_before
     if failures:
         raise SystemExit(f"{len(failures)} messages not accepted; first ACK:\n{failures[0]}")
     latencies.sort()
     return {"messages_per_s": len(data) / elapsed, "seconds": elapsed,
             "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "server_cpu_ms_per_message": 1000 * cpu / len(data)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/<pid>/stat fields 14 and 15), all threads:
+    what the server spent, whatever else the machine was doing meanwhile."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -143,6 +155,9 @@ def main() -> int:
           f" {args.connections} connections, ACK after durable commit)")
     print(f"  feed:  {result['messages_per_s']:8.0f} messages/s"
           f"   (p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per message)")
+    print(f"  server CPU: {result['server_cpu_ms_per_message']:.1f} ms per message (all threads;"
+          f" with a core to itself: ~{1000 / result['server_cpu_ms_per_message']:.0f}"
+          " messages/s)")
     print(f"  floor: {floor:8.0f} messages/s parsed without storing (same messages, same run)")
     print(f"  ratio: {ratio:8.3f}      target: >= 500 messages/s on SQLite")
     if args.json:
