@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carebridge.fhir import registry
 from carebridge.fhir.errors import BadRequest, FhirError, NotImplementedYet
 from carebridge.search import terminology
 from carebridge.search.values import date_range, implicit_range
+
+if TYPE_CHECKING:
+    from carebridge.search.planner import Lead
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 CONTROL = {
@@ -90,6 +93,7 @@ class SearchQuery:
     elements: list[str] = field(default_factory=list)
     cursor: str | None = None
     used: list[tuple[str, str]] = field(default_factory=list)  # the parameters applied
+    probed: Lead | None = None  # the planner's choice, once probed
 
 
 def parse_query(

@@ -193,7 +193,10 @@ class SearchService:
         if compartment is not None or (narrowing is not None and narrowing.patient is not None):
             return None
         types = query.resource_types or _every_type()
-        lead = choose_lead(session.query, self._dialect_mark(), types, query.criteria)
+        lead = query.probed  # the page and the count of one request probe once
+        if lead is None:
+            lead = query.probed = choose_lead(session.query, self._dialect_mark(), types,
+                                              query.criteria)
         if lead.index is None and always and query.criteria:
             best = min(range(len(query.criteria)), key=lambda n: rank(query.criteria[n]))
             if rank(query.criteria[best]) < 99:
