@@ -234,3 +234,27 @@ def test_tls(hl7: Hl7Processor, tmp_path: Path) -> None:
             assert b"MSA" not in read_ack(plain)
     finally:
         server.close()
+
+
+def test_no_ack_when_the_message_cannot_even_be_queued(hl7: Hl7Processor,
+                                                       repository: Repository) -> None:
+    # The database is gone: not even the error queue can keep the message, so no ACK is
+    # sent and the connection closes; the sender still holds the message and resends it.
+    def unavailable(payload: bytes) -> bytes:
+        raise ConnectionRefusedError("database unavailable")
+
+    server = RunningServer(unavailable)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(SB + sample("A04-Register-Patient-v2.1.txt") + EB)
+            assert read_acks(sock) == []                    # closed, nothing acknowledged
+    finally:
+        server.close()
+    # the resend, once the database is back, is accepted
+    server = RunningServer(hl7.handle_frame)
+    try:
+        with MLLPClient("127.0.0.1", server.port) as client:
+            ack = ack_fields(client.send_message(sample("A04-Register-Patient-v2.1.txt")))
+        assert ack["MSA"][1] == "AA"
+    finally:
+        server.close()
