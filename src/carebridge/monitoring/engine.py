@@ -69,6 +69,9 @@ class EngineSettings:
     batch: int = 2000  # outbox rows per transaction
     offline_after: timedelta = timedelta(minutes=5)
     sweep_every: float = 5.0  # seconds
+    # After a wake-up, let more commits land before a pass: fewer, larger transactions
+    # (each one a durable commit) and one NEWS2 per patient per pass, for this much latency.
+    gather: float = 0.05  # seconds
 
 
 class MonitoringEngine:
@@ -106,7 +109,8 @@ class MonitoringEngine:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=self.settings.sweep_every)
+            if self._wake.wait(timeout=self.settings.sweep_every):
+                self._stop.wait(self.settings.gather)
             self._wake.clear()
             try:
                 while self.process_once() and not self._stop.is_set():
