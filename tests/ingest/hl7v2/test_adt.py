@@ -214,3 +214,16 @@ def test_concurrent_updates_of_one_patient_are_all_accepted(
     assert len(stored(repository, "Patient")) == 1
     assert len(stored(repository, "Encounter")) == 1
     assert hl7.store.count_archived() == 17
+
+
+def test_next_of_kin_become_patient_contacts(hl7: Hl7Processor,
+                                             repository: Repository) -> None:
+    assert send(hl7, sample("A08-Update-Patient-v2.3.txt"))["MSA"][1] == "AA"
+    patient = one(repository, "Patient")
+    # NK1|1|Bond^Lady^T|Spouse^Spouse|007 Soho Lane^^Cary^NC^27511|(919)007-0007^^PH^^^919^...
+    assert patient["contact"] == [{
+        "relationship": [{"coding": [{"code": "Spouse", "display": "Spouse"}]}],  # NK1-3
+        "name": {"family": "Bond", "given": ["Lady", "T"]},                        # NK1-2
+        "telecom": [{"system": "phone", "value": "(919)007-0007"}],                # NK1-5
+        "address": {"line": ["007 Soho Lane"], "city": "Cary", "state": "NC",      # NK1-4
+                    "postalCode": "27511"}}]

@@ -70,6 +70,9 @@ def patient_resource(message: Message, pid: Segment) -> Json:
     language = cwe_concept(pid.first(15))
     if language:
         patient["communication"] = [{"language": language}]
+    related = contacts(message)
+    if related:
+        patient["contact"] = related
     mothers = pid.value(6)
     if mothers:
         patient["extension"] = [{"url": MOTHERS_MAIDEN_NAME, "valueString": mothers}]
@@ -83,6 +86,27 @@ def patient_resource(message: Message, pid: Segment) -> Json:
     elif pid.value(24) in ("Y", "N"):
         patient["multipleBirthBoolean"] = pid.value(24) == "Y"
     return patient
+
+
+def contacts(message: Message) -> list[Json]:
+    """NK1 -> Patient.contact (IG NK1[Patient]): name, relationships (NK1-3, NK1-7),
+    address, telecom (NK1-6 business: work), period, gender."""
+    out = []
+    for nk1 in message.all("NK1"):
+        relationship = [c for c in (cwe_concept(nk1.first(3)), cwe_concept(nk1.first(7))) if c]
+        telecom = [t for t in (*(xtn_contact(x) for x in nk1.repetitions(5)),
+                               *(xtn_contact(x, "work") for x in nk1.repetitions(6))) if t]
+        contact = compact({
+            "relationship": relationship,
+            "name": xpn_name(nk1.first(2)),
+            "telecom": telecom,
+            "address": xad_address(nk1.first(4)),
+            "gender": ADMINISTRATIVE_SEX.get(nk1.value(15).upper()),
+            "period": compact({"start": dtm(nk1.value(8)), "end": dtm(nk1.value(9))}),
+        })
+        if contact and {"name", "telecom", "address"} & set(contact):  # R4 pat-1
+            out.append(contact)
+    return out
 
 
 def refine_patient(new: Json, current: Current | None) -> Json:
