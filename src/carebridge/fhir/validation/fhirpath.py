@@ -230,6 +230,9 @@ class _Compiler:
             return lambda focus, env: [env.resource]
         if name == "rootResource":
             return lambda focus, env: [env.root]
+        if name == "ucum":
+            ucum = ["http://unitsofmeasure.org"]
+            return lambda focus, env: ucum
         raise Unsupported(f"%{name}")
 
     def _InvocationExpression(self, node: dict[str, Any]) -> Fn:
@@ -522,30 +525,33 @@ class _Compiler:
         return additive
 
     def _TypeExpression(self, node: dict[str, Any]) -> Fn:
-        """``answer is Boolean`` on a choice element: the JSON key names the type."""
+        """``answer is Boolean`` on a choice element (the JSON key names the type); otherwise
+        ``x is T`` / ``x as T`` on primitives (by their lexical form) and resources."""
         source, spec = node["children"]
-        if node["terminalNodeText"][0] != "is" or source.get("type") not in (
-                "TermExpression", "InvocationExpression"):
-            raise Unsupported("as/is")
-        member = source["children"][-1]
-        if source["type"] == "TermExpression":
-            member = member["children"][0]
-        if member.get("type") != "MemberInvocation":
-            raise Unsupported("is on a non-member")
-        name = member["children"][0]["text"]
-        wanted = spec.get("text", "").rsplit(".", 1)[-1].lower()
-        owner: Fn = (self.compile(source["children"][0]) if source["type"] ==
-                     "InvocationExpression" else (lambda focus, env: focus))
+        op = node["terminalNodeText"][0]
+        type_name = str(spec.get("text", "")).rsplit(".", 1)[-1]
+        member = source["children"][-1] if source.get("type") in (
+            "TermExpression", "InvocationExpression") else {}
+        if source.get("type") == "TermExpression":
+            member = member["children"][0] if member.get("children") else {}
+        name = member["children"][0]["text"] if member.get("type") == "MemberInvocation" else ""
+        if op == "is" and name in _choice_stems():
+            wanted = type_name.lower()
+            owner: Fn = (self.compile(source["children"][0]) if source["type"] ==
+                         "InvocationExpression" else (lambda focus, env: focus))
 
-        def is_type(focus: Collection, env: Env) -> Collection:
-            items = [i for i in owner(focus, env) if isinstance(i, dict)]
-            keys = [k for k in (_choice_key(i, name) for i in items) if k is not None]
-            if len(keys) != 1:
-                if not keys:
-                    return []
-                raise Unsupported("is on a collection")
-            return [keys[0][len(name):].lower() == wanted]
-        return is_type
+            def is_type(focus: Collection, env: Env) -> Collection:
+                items = [i for i in owner(focus, env) if isinstance(i, dict)]
+                keys = [k for k in (_choice_key(i, name) for i in items) if k is not None]
+                if len(keys) != 1:
+                    if not keys:
+                        return []
+                    raise Unsupported("is on a collection")
+                return [keys[0][len(name):].lower() == wanted]
+            return is_type
+        if op not in ("is", "as"):
+            raise Unsupported(op)
+        return self._type_test(op, type_name, self.compile(source))
 
     def _MembershipExpression(self, node: dict[str, Any]) -> Fn:
         left, right, op = self._logic(node)

@@ -22,10 +22,14 @@ class Expansion:
     bare_codes: set[str] = field(default_factory=set)
     open_systems: set[str] = field(default_factory=set)
     known: bool = True  # False: the ValueSet itself is not vendored
+    _systems: frozenset[str] | None = None
 
     @property
-    def systems(self) -> set[str]:
-        return {s for s, _ in self.codes} | self.open_systems
+    def systems(self) -> frozenset[str]:
+        """The code systems the value set draws from (computed once)."""
+        if self._systems is None:
+            self._systems = frozenset({s for s, _ in self.codes} | self.open_systems)
+        return self._systems
 
     def has(self, system: str | None, code: str) -> bool | None:
         """True/False when we can tell; None when the system is open (unknown to us)."""

@@ -64,6 +64,10 @@ class Walker:
         self.contained: dict[str, str] = {}
         self.local_refs: set[str] = set()
         self.profile_note = ""
+        # A profile's snapshot repeats its base's rules: while a profile is walked
+        # (``profile_note`` set), primitive formats are not checked again and invariants
+        # already evaluated at the same place are skipped.
+        self.evaluated: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ reporting
 
@@ -173,6 +177,8 @@ class Walker:
                 choices[id(rule)] = key
             if trule.fast and value is not None and not isinstance(value, list):
                 # Most elements: one primitive value with nothing else to check.
+                if self.profile_note:
+                    continue  # checked by the base definition's walk
                 reason = trule.primitive(value)  # type: ignore[misc]
                 if reason is not None:
                     self.error("value", f"Invalid {trule.code} in {rule.path}: {reason}",
@@ -265,7 +271,7 @@ class Walker:
     def item(self, rule: ElementRule, trule: TypeRule, value: Any, expr: str, env: Env) -> None:
         code = trule.code
         if trule.primitive is not None:
-            reason = trule.primitive(value)
+            reason = None if self.profile_note else trule.primitive(value)
             if reason is not None:
                 self.error("value", f"Invalid {code} in {rule.path}: {reason}", expr)
                 return
@@ -314,7 +320,12 @@ class Walker:
             self.invariants(rule, value, expr, env)
 
     def invariants(self, rule: ElementRule, value: Any, expr: str, env: Env) -> None:
+        evaluated = self.evaluated
         for inv in rule.invariants:
+            place = (inv.key, expr)
+            if place in evaluated:
+                continue
+            evaluated.add(place)
             if inv.check(value, env) is False:
                 self.error("invariant", f"{inv.key}: {inv.human} (FHIRPath: {inv.expression})",
                            expr, "warning" if inv.severity == "warning" else "error")
