@@ -15,11 +15,13 @@ quantities compare the resource's value with the parameter's implicit precision 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from carebridge.fhir.errors import BadRequest
 from carebridge.search import terminology
+from carebridge.search.aliases import stored_as
 from carebridge.search.index import canonical, micros
 from carebridge.search.query import Criterion, Value
 from carebridge.search.values import normalize_string
@@ -103,7 +105,7 @@ class Compiler:
         resources that match it elsewhere (``r.id IN (...)`` would build the whole list)."""
         negate = criterion.modifier in ("not", "not-in")
         own = (f"i.resource_type = {alias}.resource_type AND i.id = {alias}.id"
-               f" AND i.param = {self.p(criterion.code)}")
+               f" AND {self.param(criterion)}")
         if criterion.modifier == "missing":
             table = _TABLE.get(criterion.type, "idx_token")
             present = f"EXISTS (SELECT 1 FROM {table} i WHERE {own})"
@@ -153,6 +155,17 @@ class Compiler:
             return f"({alias}.resource_type, {alias}.id) {op} ({subquery})"
         return f"{alias}.id {op} ({subquery})"
 
+    def param(self, criterion: Criterion, column: str = "i.param") -> str:
+        """``column`` naming the criterion's parameter, or the parameters whose rows stand
+        for it when its own are not stored (search.aliases)."""
+        return self.param_code(criterion.code, criterion.definition.get("base", ()), column)
+
+    def param_code(self, code: str, types: Iterable[str], column: str = "i.param") -> str:
+        names = stored_as(code, types)
+        if len(names) == 1:
+            return f"{column} = {self.p(names[0])}"
+        return f"{column} IN ({self.marks(names)})"
+
     def scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
         """``column`` restricted to the searched types."""
         return self._scope(types, column)
@@ -169,7 +182,7 @@ class Compiler:
     def _present(self, types: tuple[str, ...], criterion: Criterion) -> str:
         table = _TABLE.get(criterion.type, "idx_token")
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND i.param = {self.p(criterion.code)}")
+                f" AND {self.param(criterion)}")
 
     def ids(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
         """A subquery selecting the ids (with types when more than one type is searched) of
@@ -193,7 +206,7 @@ class Compiler:
             f" AND ({' OR '.join(self._value(c, v) for v in c.values)})"
             for c in (criterion, *same_row))
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND i.param = {self.p(criterion.code)}{conds}")
+                f" AND {self.param(criterion)}{conds}")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
         return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"

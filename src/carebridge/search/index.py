@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from carebridge.search.aliases import ALIASES
 from carebridge.search.extract import extract
 from carebridge.search.values import (
     CompositeValue,
@@ -104,12 +105,22 @@ def index_rows(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
     rtype, rid = resource["resourceType"], resource["id"]
     rows: Rows = {table: [] for table in INDEX_TABLES}
+    aliased = ALIASES.get(rtype, {})
     for code, values in extract(resource).items():
-        if code == "_id":
-            continue  # the resource table's key already answers _id
+        if code == "_id" or code in aliased:
+            continue  # the resource table's key answers _id; aliases: search.aliases
         key = (rtype, rid, code)
+        texts: set[str] | None = None
         for value in dict.fromkeys(values):
             if isinstance(value, TokenValue):
+                if value.code is None and value.system is None and value.text:
+                    # A CodeableConcept.text equal to one of its codings' display adds
+                    # nothing: :text finds it in the coding's row.
+                    if texts is None:
+                        texts = {normalize_string(v.text) for v in values
+                                 if isinstance(v, TokenValue) and v.code is not None and v.text}
+                    if normalize_string(value.text) in texts:
+                        continue
                 rows["idx_token"].append((*key, *_token_row(value)))
             elif isinstance(value, StringValue):
                 rows["idx_string"].append((*key, value.normalized, value.value))

@@ -20,6 +20,7 @@ import orjson
 from carebridge.fhir import registry
 from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
+from carebridge.search.aliases import is_alias
 from carebridge.search.compiler import Compiler
 from carebridge.search.planner import Lead, choose_lead, rank
 from carebridge.search.query import SearchQuery, parse_query
@@ -261,7 +262,8 @@ class SearchService:
             agg = "MAX" if desc else "MIN"
             keys.append(_Key(
                 f"(SELECT {agg}(s.{column}) FROM {table} s WHERE s.resource_type ="
-                f" r.resource_type AND s.id = r.id AND s.param = {compiler.p(code)})",
+                f" r.resource_type AND s.id = r.id"
+                f" AND {compiler.param_code(code, query.resource_types, 's.param')})",
                 desc, filler=0 if kind in _NUMERIC else ""))
         # Ties go the first key's way, so a walk down a (value, id) index yields them in order.
         tie = bool(query.sort) and query.sort[0][1]
@@ -290,7 +292,8 @@ class SearchService:
         if lead.index is not None and lead.covers != (lead.index,):
             return None
         walk = lead.index if lead.index is not None else (tokens[0] if tokens else None)
-        if walk is None or walk not in tokens:
+        if walk is None or walk not in tokens or is_alias(
+                query.resource_types[0], query.criteria[walk].code):
             return None
         values, backwards = self._cursor(cursor, 1)
         if backwards:

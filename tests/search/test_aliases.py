@@ -1,0 +1,113 @@
+"""search.aliases: a parameter that is not stored is answered by the ones it unites.
+
+Checked against the official R4 definitions: on every Observation of the official examples
+and the demo data, the values the extractor finds for a combo-* parameter are exactly the
+union of the values of the parameters standing for it; and a search on it finds what the
+union finds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from carebridge.demo import data_dir
+from carebridge.fhir import registry
+from carebridge.search import index
+from carebridge.search.aliases import ALIASES
+from carebridge.search.extract import values_of
+from carebridge.search.index import index_rows
+
+PACKAGE = Path(__file__).parents[3] / "shared" / "fhir-r4" / "hl7.fhir.r4.examples-4.0.1.tgz"
+
+
+def observations() -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for path in sorted(data_dir().glob("*.json.gz")):
+        bundle = orjson.loads(gzip.decompress(path.read_bytes()))
+        found += [e["resource"] for e in bundle.get("entry", [])
+                  if e["resource"]["resourceType"] == "Observation"]
+    if PACKAGE.exists():  # the official examples, where ../shared is beside the repository
+        with tarfile.open(PACKAGE) as archive:
+            for member in archive.getmembers():
+                if member.name.startswith("package/Observation-") and member.isfile():
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None
+                    found.append(orjson.loads(io.BytesIO(extracted.read()).read()))
+    return found
+
+
+def test_every_alias_names_parameters_of_its_type() -> None:
+    for rtype, table in ALIASES.items():
+        parameters = registry.search_parameters_for(rtype)
+        for code, parts in table.items():
+            assert code in parameters
+            assert {parameters[p]["type"] for p in parts} == {parameters[code]["type"]}
+
+
+def test_alias_rows_are_the_union_of_its_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = observations()
+    assert len(found) > 100
+    with_components = with_alias_rows = 0
+    for resource in found:
+        resource.setdefault("id", "x")
+        with_components += bool(resource.get("component"))
+        stored = {row[2] for rows in index_rows(resource).values() for row in rows}
+        assert not stored & set(ALIASES["Observation"])
+        with monkeypatch.context() as patch:  # every parameter's rows, aliases included
+            patch.setattr(index, "ALIASES", {})
+            every = index_rows(resource)
+        for code, parts in ALIASES["Observation"].items():
+            # the values of a row (after type, id, param): the same, whichever name
+            alias = {(t, row[3:]) for t, rows in every.items() for row in rows if row[2] == code}
+            union = {(t, row[3:]) for t, rows in every.items() for row in rows
+                     if row[2] in parts}
+            assert alias == union, (resource["id"], code)
+            with_alias_rows += bool(alias)
+        assert {v for v in values_of(resource, "combo-code")} == {
+            v for part in ("code", "component-code") for v in values_of(resource, part)}
+    assert with_components > 10 and with_alias_rows > 100
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("Observation?combo-code=http://loinc.org|8480-6", {"bp"}),  # a component's code
+    ("Observation?combo-code=http://loinc.org|85354-9", {"bp"}),  # the panel's code
+    ("Observation?combo-code=http://loinc.org|8867-4", {"hr"}),
+    ("Observation?combo-code:missing=true", set()),
+    ("Observation?combo-value-quantity=gt100", {"bp"}),  # systolic 120 in a component
+    ("Observation?combo-value-quantity=72", {"hr"}),
+    ("Observation?combo-code-value-quantity=http://loinc.org|8462-4$80", {"bp"}),
+    ("Observation?combo-code-value-quantity=http://loinc.org|8867-4$gt70", {"hr"}),
+    ("Observation?combo-code=http://loinc.org|8867-4&_sort=combo-code", {"hr"}),
+])
+def test_search_on_an_alias(client: TestClient, url: str, expected: set[str]) -> None:
+    loinc = "http://loinc.org"
+    ucum = "http://unitsofmeasure.org"
+
+    def quantity(value: float, unit: str) -> dict[str, Any]:
+        return {"value": value, "unit": unit, "system": ucum, "code": unit}
+
+    resources = [
+        {"resourceType": "Observation", "id": "bp", "status": "final",
+         "code": {"coding": [{"system": loinc, "code": "85354-9"}]},
+         "component": [
+             {"code": {"coding": [{"system": loinc, "code": "8480-6"}]},
+              "valueQuantity": quantity(120, "mm[Hg]")},
+             {"code": {"coding": [{"system": loinc, "code": "8462-4"}]},
+              "valueQuantity": quantity(80, "mm[Hg]")}]},
+        {"resourceType": "Observation", "id": "hr", "status": "final",
+         "code": {"coding": [{"system": loinc, "code": "8867-4"}]},
+         "valueQuantity": quantity(72, "/min")},
+    ]
+    for body in resources:
+        assert client.put(f"/fhir/Observation/{body['id']}", json=body).status_code == 201
+    bundle = client.get(f"/fhir/{url}").json()
+    assert {e["resource"]["id"] for e in bundle.get("entry", [])
+            if e["search"]["mode"] == "match"} == expected
