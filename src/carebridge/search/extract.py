@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from carebridge.fhir import registry
+from carebridge.search.aliases import ALIASES
 from carebridge.search.branches import (
     Branch,
     Component,
@@ -33,6 +34,7 @@ __all__ = [
     "Extractor",
     "compile_parameter",
     "extract",
+    "extract_stored",
     "extractor_for",
     "extractors_for",
     "split_union",
@@ -269,6 +271,26 @@ def extractor_for(resource_type: str, code: str) -> Extractor:
         return _extractors_for(resource_type)[code]
     except KeyError:
         raise KeyError(f"no SearchParameter {code!r} for {resource_type}") from None
+
+
+@cache
+def _stored_plan(
+    resource_type: str,
+) -> tuple[tuple[str, frozenset[str] | None, tuple[Branch, ...]], ...]:
+    """:func:`_plan_for` less what the index does not store (``_id``; search.aliases)."""
+    skipped = {"_id", *ALIASES.get(resource_type, {})}
+    return tuple(entry for entry in _plan_for(resource_type) if entry[0] not in skipped)
+
+
+def extract_stored(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
+    """Code -> values of the parameters the search index stores rows for (those with
+    values only): what :mod:`carebridge.search.index` writes."""
+    out: dict[str, list[IndexValue]] = {}
+    for code, needs, branches in _stored_plan(resource["resourceType"]):
+        values = _evaluate(resource, needs, branches)
+        if values:
+            out[code] = values
+    return out
 
 
 def extract(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:

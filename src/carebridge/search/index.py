@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from carebridge.search.aliases import ALIASES
-from carebridge.search.extract import extract
+from carebridge.search.extract import extract_stored
 from carebridge.search.values import (
     CompositeValue,
     DateValue,
@@ -105,10 +104,7 @@ def index_rows(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
     rtype, rid = resource["resourceType"], resource["id"]
     rows: Rows = {table: [] for table in INDEX_TABLES}
-    aliased = ALIASES.get(rtype, {})
-    for code, values in extract(resource).items():
-        if code == "_id" or code in aliased:
-            continue  # the resource table's key answers _id; aliases: search.aliases
+    for code, values in extract_stored(resource).items():
         key = (rtype, rid, code)
         texts: set[str] | None = None
         for value in dict.fromkeys(values):
