@@ -80,6 +80,7 @@ def serve(argv: list[str]) -> None:
     repository = OutboxRepository(inner) if scoring else inner
     service = ResourceService(repository)
     monitoring = Monitoring(service, MonitoringSettings(mqtt_url=args.mqtt))
+    os.environ["CAREBRIDGE_MQTT_CLIENT_ID"] = f"bench-{args.scoring}-{os.getpid()}"
     if scoring:
         app = create_api(service, monitoring=monitoring, on_shutdown=repository.close)
     else:  # the floor: the same gateway and MQTT workers, nothing scored
@@ -87,11 +88,18 @@ def serve(argv: list[str]) -> None:
 
         from carebridge.api.monitoring_routes import monitoring_routes
 
-        app = create_api(service, on_shutdown=repository.close)
+        ingest = MqttIngest(monitoring.gateway, args.mqtt, client_id=f"bench-floor-{os.getpid()}")
+
+        def shutdown() -> None:  # leave the shared group, or the broker keeps feeding us
+            ingest.stop()
+            monitoring.gateway.stop()
+            repository.close()
+
+        app = create_api(service, on_shutdown=shutdown)
         app.router.routes.extend(r for r in monitoring_routes(monitoring)
                                  if isinstance(r, Route) and r.path.startswith("/devices/"))
         monitoring.gateway.start()
-        MqttIngest(monitoring.gateway, args.mqtt, client_id="bench-floor").start()
+        ingest.start()
     uvicorn.run(app, host=args.host, port=int(args.port), log_level="warning", access_log=False)
 
 

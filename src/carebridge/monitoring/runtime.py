@@ -3,6 +3,8 @@ the Subscription delivery worker and (with ``--mqtt``) the MQTT ingest workers."
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -52,9 +54,11 @@ class Monitoring:
         if self.settings.mqtt_url:
             from carebridge.ingest.devices.mqtt import MqttIngest
 
+            prefix = os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or (
+                f"carebridge-{socket.gethostname()}")
             for index in range(self.settings.mqtt_workers):
                 worker = MqttIngest(self.gateway, self.settings.mqtt_url,
-                                    client_id=f"carebridge-ingest-{index}")
+                                    client_id=f"{prefix}-{index}")
                 worker.start()
                 self._mqtt.append(worker)
 

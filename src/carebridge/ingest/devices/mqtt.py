@@ -17,6 +17,10 @@ Brokers bound the messages they queue per subscriber (Mosquitto ``max_queued_mes
 default 1000, beyond which QoS 1 messages are dropped); size it for the bursts expected
 while workers are busy or restarting (0 = unbounded).
 
+Each worker's client id must be stable across restarts (its session is resumed) and unique
+among live workers: ``carebridge-{hostname}-{n}`` by default, ``CAREBRIDGE_MQTT_CLIENT_ID``
+to choose the prefix (e.g. when several servers share a host).
+
 The device credential travels as an MQTT 5 user property ``authorization: Bearer <secret>``
 or, for the compact form, as a ``"secret"`` member of the (first) reading.
 """
@@ -86,7 +90,9 @@ class MqttIngest:
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 300  # unacknowledged messages survive a reconnect
+        # Unacknowledged messages survive a reconnect of this worker (same client id) for a
+        # minute; a worker that vanishes is dropped from the shared group after that.
+        props.SessionExpiryInterval = 60
         # Up to this many unacknowledged messages in flight to us (MQTT 5 Receive Maximum):
         # they are acknowledged after their group commit, so this bounds the commit size.
         props.ReceiveMaximum = self.receive_maximum
