@@ -225,7 +225,7 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
          rate: Annotated[float, typer.Option(help="simulated readings per second")] = 20.0,
          ) -> None:
     """Load the sample patients (once) and run the server."""
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # sealed bodies read when a key is set
     try:
         service = ResourceService(repo)
         have = service.count(SYSTEM, "Patient").get("Patient", 0)
@@ -235,7 +235,7 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
         results = import_paths(database, [data_dir()])
         if not all(r.ok for r in results):
             raise typer.Exit(1)
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # sealed bodies read when a key is set
     try:
         with repo.session() as session:
             page = session.history(HistoryQuery("Patient", count=5))
@@ -309,7 +309,7 @@ def devices_report(
     from carebridge.fhir.resource import now_instant, parse_instant
     from carebridge.monitoring.report import fleet_report
 
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # sealed bodies read when a key is set
     try:
         until = now_instant()
         start = parse_instant(since) if since else until - timedelta(days=1)
@@ -345,7 +345,7 @@ def quality_report(database: Database = DEFAULT_DATABASE_URL,
     rule and severity (docs/validation.md)."""
     from carebridge.quality.report import build_report, render_report
 
-    repo = open_repository(database)
+    repo = open_data_repository(database)  # sealed bodies read when a key is set
     try:
         report = build_report(repo)
     finally:

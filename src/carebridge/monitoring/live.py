@@ -18,10 +18,10 @@ from carebridge.fhir.errors import FhirError
 from carebridge.ingest.devices.credentials import DeviceCredentials
 from carebridge.monitoring import simulator
 from carebridge.monitoring.codes import NEWS2_TOTAL, SNOMED
+from carebridge.security.crypto import open_data_repository
 from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
 from carebridge.services.search import SearchService
-from carebridge.storage import open_repository
 
 
 class DirectSender:
@@ -31,7 +31,7 @@ class DirectSender:
     def __init__(self, database_url: str) -> None:
         from carebridge.ingest.devices.gateway import DeviceGateway
 
-        self.repository = OutboxRepository(open_repository(database_url))
+        self.repository = OutboxRepository(open_data_repository(database_url))
         service = ResourceService(self.repository)
         self.gateway = DeviceGateway(service, DeviceCredentials(self.repository))
 
@@ -59,7 +59,7 @@ class Simulation:
     ramp: float = 60.0
 
     def provision(self) -> simulator.Population:
-        repository = OutboxRepository(open_repository(self.database_url))
+        repository = OutboxRepository(open_data_repository(self.database_url))
         try:
             service = ResourceService(repository)
             credentials = DeviceCredentials(repository)
@@ -99,7 +99,7 @@ def wait_for_server(url: str, timeout: float = 60.0) -> bool:
 
 def ward_summary(database_url: str, population: simulator.Population) -> list[dict[str, Any]]:
     """Per simulated patient: scenario, latest NEWS2 and band, open alerts."""
-    repository = open_repository(database_url, migrate=False)
+    repository = open_data_repository(database_url)
     try:
         service = ResourceService(repository)
         search = SearchService(service)
