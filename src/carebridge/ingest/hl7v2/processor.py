@@ -51,7 +51,8 @@ from carebridge.ingest.hl7v2.mapping import Mapped, Mapper
 from carebridge.ingest.hl7v2.parsing import CHARSETS, Message, read_frame, read_text
 from carebridge.ingest.hl7v2.results import map_oru
 from carebridge.ingest.hl7v2.store import ArchivedMessage, MessageStore, utc_now_text
-from carebridge.security.policy import SYSTEM, Caller
+from carebridge.security.policy import Caller
+from carebridge.security.roles import INTERFACE
 from carebridge.services.bundles import BundleProcessor
 from carebridge.services.resources import PendingWrites, ResourceService
 from carebridge.storage.base import Session, VersionConflict
@@ -61,6 +62,16 @@ T = TypeVar("T")
 
 _CONTENDED = 20  # group re-runs after run_write's own retries lost to concurrent writers
 ADT_EVENTS = {"A01", "A02", "A03", "A04", "A05", "A08", "A11", "A13", "A40"} | PATIENT_EVENTS
+
+_FEED_SCOPES = frozenset({"system/*.crus"})
+
+
+def feed_caller(sending_application: str | None) -> Caller:
+    """Who a feed writes as. MLLP is not HTTP: the sender is a least-privilege system
+    identity named after MSH-3, with the interface role (every type but AuditEvent; create,
+    read, update, search; never delete), as security/roles.py defines it."""
+    return Caller(f"hl7v2:{sending_application or 'unknown'}",
+                  roles=frozenset({INTERFACE}), scopes=_FEED_SCOPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +99,7 @@ class Item:
 
     @property
     def caller(self) -> Caller:
-        # MLLP is not HTTP: the sender acts as the system itself, named after MSH-3.
-        return Caller(f"hl7v2:{self.message.sending_application or 'unknown'}",
-                      roles=SYSTEM.roles)
+        return feed_caller(self.message.sending_application)
 
 
 @dataclass
