@@ -678,5 +678,6 @@ def search_bundle(result: SearchResult, base: str, path: str) -> dict[str, Any]:
     if result.total is not None:
         bundle["total"] = result.total
     bundle["link"] = links
-    bundle["entry"] = entries
+    if entries:  # JSON arrays are never empty in FHIR (http://hl7.org/fhir/R4/json.html)
+        bundle["entry"] = entries
     return bundle
