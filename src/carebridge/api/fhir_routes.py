@@ -346,5 +346,6 @@ def history_bundle(
     if page.total is not None:
         bundle["total"] = page.total
     bundle["link"] = links
-    bundle["entry"] = entries
+    if entries:  # FHIR JSON arrays are never empty
+        bundle["entry"] = entries
     return bundle

@@ -114,8 +114,11 @@ def monitoring_routes(monitoring: Monitoring) -> list[BaseRoute]:
     async def open_alerts(request: Request) -> Response:
         bodies = await run_in_threadpool(monitoring.desk.open_alerts, _caller(request))
         entries = [{"resource": orjson.loads(body)} for body in bodies]
-        return fhir_json({"resourceType": "Bundle", "type": "searchset",
-                          "total": len(entries), "entry": entries})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                                  "total": len(entries)}
+        if entries:  # FHIR JSON arrays are never empty
+            bundle["entry"] = entries
+        return fhir_json(bundle)
 
     async def stream(request: Request) -> Response:
         snapshot = await run_in_threadpool(monitoring.desk.open_alerts, _caller(request))
