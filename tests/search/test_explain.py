@@ -19,10 +19,9 @@ import random
 import re
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -36,6 +35,7 @@ from carebridge.services import ResourceService
 from carebridge.services.search import SearchService
 from carebridge.storage import Repository, open_repository
 from carebridge.storage.base import Session, StoredVersion, Write
+from carebridge.storage.wrapper import RepositoryWrapper
 from carebridge.testing import ThrowawayPostgres
 
 LOINC = "http://loinc.org"
@@ -160,37 +160,15 @@ class RecordingSession:
         return getattr(self.inner, name)
 
 
-@dataclass
-class RecordingRepository:
+class RecordingRepository(RepositoryWrapper):
     """The real repository, whose sessions record the queries run through them."""
 
-    inner: Repository
-    log: list[tuple[str, list[Any]]] = field(default_factory=list)
+    def __init__(self, inner: Repository) -> None:
+        super().__init__(inner)
+        self.log: list[tuple[str, list[Any]]] = []
 
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def dialect(self) -> Literal["sqlite", "postgresql"]:
-        return self.inner.dialect
-
-    def migrate(self) -> list[str]:
-        return self.inner.migrate()
-
-    def schema_version(self) -> int:
-        return self.inner.schema_version()
-
-    def session(self, *, write: bool = False) -> AbstractContextManager[Session]:
-        @contextmanager
-        def recording() -> Iterator[Session]:
-            with self.inner.session(write=write) as session:
-                yield RecordingSession(session, self.log)  # type: ignore[misc]
-
-        return recording()
-
-    def close(self) -> None:
-        self.inner.close()
+    def wrap(self, session: Session, write: bool) -> Session:
+        return RecordingSession(session, self.log)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- plans

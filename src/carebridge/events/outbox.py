@@ -12,20 +12,19 @@ PostgreSQL's out-of-order identity values (a lower id committing later) cannot b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 from carebridge.events.bus import ResourceChanged
 from carebridge.events.sqltext import insert_many, run
 from carebridge.storage.base import (
     HistoryPage,
     HistoryQuery,
-    Repository,
     Session,
     StoredVersion,
     Write,
 )
+from carebridge.storage.wrapper import RepositoryWrapper
 
 _COLUMNS = ("resource_type", "resource_id", "version", "method")
 
@@ -65,36 +64,11 @@ class OutboxSession:
         self.inner.lock(key)
 
 
-class OutboxRepository:
+class OutboxRepository(RepositoryWrapper):
     """A repository whose writes also fill the outbox (see the module docstring)."""
 
-    def __init__(self, inner: Repository) -> None:
-        self.inner = inner
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def dialect(self) -> Literal["sqlite", "postgresql"]:
-        return self.inner.dialect
-
-    def migrate(self) -> list[str]:
-        return self.inner.migrate()
-
-    def schema_version(self) -> int:
-        return self.inner.schema_version()
-
-    def session(self, *, write: bool = False) -> AbstractContextManager[Session]:
-        return self._session(write)
-
-    @contextmanager
-    def _session(self, write: bool) -> Iterator[Session]:
-        with self.inner.session(write=write) as session:
-            yield OutboxSession(session, self.inner.dialect) if write else session
-
-    def close(self) -> None:
-        self.inner.close()
+    def wrap(self, session: Session, write: bool) -> Session:
+        return OutboxSession(session, self.inner.dialect) if write else session
 
 
 def claim(session: Session, dialect: str, limit: int) -> list[ResourceChanged]:

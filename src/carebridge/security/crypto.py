@@ -32,17 +32,17 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from carebridge.security.store import SecurityStore
 from carebridge.storage.base import HistoryPage, HistoryQuery, Repository, Session, StoredVersion
 from carebridge.storage.base import Write as StorageWrite
+from carebridge.storage.wrapper import RepositoryWrapper
 
 MAGIC = b"\x00cbe"
 _KID = 8
@@ -248,39 +248,17 @@ class EncryptedSession:
         self.inner.lock(key)
 
 
-class EncryptedRepository:
+class EncryptedRepository(RepositoryWrapper):
     """A repository whose resource bodies are encrypted at rest (module docstring)."""
 
     def __init__(self, inner: Repository, provider: KeyProvider) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.keys = DataKeys(SecurityStore(inner), provider)
         self.cipher = BodyCipher(self.keys)
         self.keys.active()  # create the first data key now, outside any write transaction
 
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    @property
-    def dialect(self) -> Literal["sqlite", "postgresql"]:
-        return self.inner.dialect
-
-    def migrate(self) -> list[str]:
-        return self.inner.migrate()
-
-    def schema_version(self) -> int:
-        return self.inner.schema_version()
-
-    def session(self, *, write: bool = False) -> AbstractContextManager[Session]:
-        return self._session(write)
-
-    @contextmanager
-    def _session(self, write: bool) -> Iterator[Session]:
-        with self.inner.session(write=write) as inner:
-            yield EncryptedSession(inner, self.cipher)
-
-    def close(self) -> None:
-        self.inner.close()
+    def wrap(self, session: Session, write: bool) -> Session:
+        return EncryptedSession(session, self.cipher)
 
 
 def open_data_repository(database_url: str, key_file: str | None = None) -> Repository:
