@@ -13,7 +13,6 @@ a broker would add a service to run for the embedded default.
 from __future__ import annotations
 
 import logging
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from datetime import datetime, timedelta
 import orjson
 
 from carebridge.events.sqltext import instant_text, run
+from carebridge.events.worker import BackgroundWorker
 from carebridge.storage.base import Repository, Session
 
 log = logging.getLogger(__name__)
@@ -47,33 +47,17 @@ def backoff(attempts: int) -> timedelta:
     return min(timedelta(seconds=2 ** max(0, attempts - 1)), MAX_BACKOFF)
 
 
-class DeliveryWorker:
+class DeliveryWorker(BackgroundWorker):
+    thread_name = "delivery"
+
     def __init__(self, repository: Repository, clock: Callable[[], datetime], *,
                  max_attempts: int = 12, timeout: float = 5.0, poll: float = 0.5) -> None:
+        super().__init__()
         self.repository = repository
         self.clock = clock
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.poll = poll
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._wake.set()
-            self._thread.join(timeout=30)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -12,7 +12,6 @@ leaves the outbox rows for the next run. A periodic sweep marks silent devices o
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import orjson
 from carebridge.events.bus import ResourceChanged
 from carebridge.events.outbox import claim
 from carebridge.events.sqltext import insert_many, run
+from carebridge.events.worker import BackgroundWorker
 from carebridge.fhir.resource import Resource, new_id
 from carebridge.monitoring import alerts, fleet
 from carebridge.monitoring.alerts import AlertCondition
@@ -74,18 +74,18 @@ class EngineSettings:
     gather: float = 0.05  # seconds
 
 
-class MonitoringEngine:
+class MonitoringEngine(BackgroundWorker):
+    thread_name = "monitoring"
+
     def __init__(self, service: ResourceService, settings: EngineSettings | None = None,
                  subscriptions: SubscriptionMatcher | None = None) -> None:
+        super().__init__()
         self.service = service
         self.settings = settings or EngineSettings()
         self.subscriptions = subscriptions or SubscriptionMatcher(service)
         self.dialect = service.repository.dialect
         self._rules: dict[str, list[Rule]] | None = None
         self._monitored: frozenset[str] | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_sweep = 0.0
         service.events.subscribe(self._on_events)
 
@@ -93,19 +93,6 @@ class MonitoringEngine:
 
     def _on_events(self, events: Sequence[ResourceChanged]) -> None:
         self._wake.set()
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="monitoring", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._wake.set()
-            self._thread.join(timeout=30)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stop.is_set():
