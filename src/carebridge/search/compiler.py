@@ -1,9 +1,10 @@
 """Compile parsed search criteria to SQL on the index tables, for SQLite or PostgreSQL.
 
-Each criterion becomes a condition on the current-resource table ``resource r``: for most,
-``r.id IN (SELECT i.id FROM idx_<type> i WHERE i.resource_type = ? AND i.param = ? AND ...)``,
-which both databases run as an index-driven semi-join. Chains nest the same subquery on the
-referenced type; ``_has`` nests it on the referring type. The two dialects differ only in the
+Each criterion has two forms, and search.planner picks which one each criterion takes: the
+ids it matches (``ids``/``driver``: ``SELECT i.id FROM idx_<type> i WHERE i.resource_type = ?
+AND i.param = ? AND ...``), to lead a join; and a check on one row (``exists``: a correlated
+``EXISTS`` on the index table's (resource_type, id, param) index). Chains nest the ids of the
+referenced type; ``_has`` those of the referring type. The two dialects differ only in the
 parameter mark, so one generator serves both.
 
 Comparison semantics (http://hl7.org/fhir/R4/search.html#prefix): a date value and a date
@@ -85,19 +86,6 @@ class Compiler:
     # system search without _type passes every type). Index subqueries always constrain
     # ``resource_type`` (one type, or an IN list), the first column of every lookup index.
 
-    def condition(self, types: tuple[str, ...], criterion: Criterion, alias: str = "r") -> str:
-        """A condition on ``alias`` (a row of ``resource``) for one criterion."""
-        negate = criterion.modifier in ("not", "not-in")
-        if criterion.modifier == "missing":
-            present = self._present(types, criterion)
-            want_missing = criterion.values[0].raw == "true"
-            return self._in(alias, types, present, negate=want_missing)
-        if criterion.code == "_id" and criterion.chain is None:
-            ids = [v.code for v in criterion.values if v.code]
-            cond = f"{alias}.id IN ({self.marks(ids)})"
-            return f"NOT ({cond})" if negate else cond
-        return self._in(alias, types, self.ids(types, criterion), negate=negate)
-
     def exists(self, criterion: Criterion, alias: str = "r") -> str:
         """The criterion as a check on one row of ``alias`` (with ``resource_type`` and ``id``
         columns): a correlated ``EXISTS`` on the index table's ``(resource_type, id, param)``
@@ -149,12 +137,6 @@ class Compiler:
             return f"SELECT {unique}{self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
         return f"SELECT DISTINCT * FROM ({inner}) d"
 
-    def _in(self, alias: str, types: tuple[str, ...], subquery: str, *, negate: bool) -> str:
-        op = "NOT IN" if negate else "IN"
-        if len(types) != 1:
-            return f"({alias}.resource_type, {alias}.id) {op} ({subquery})"
-        return f"{alias}.id {op} ({subquery})"
-
     def param(self, criterion: Criterion, column: str = "i.param") -> str:
         """``column`` naming the criterion's parameter, or the parameters whose rows stand
         for it when its own are not stored (search.aliases)."""
@@ -178,11 +160,6 @@ class Compiler:
     @staticmethod
     def _select(types: tuple[str, ...], alias: str = "i") -> str:
         return f"{alias}.id" if len(types) == 1 else f"{alias}.resource_type, {alias}.id"
-
-    def _present(self, types: tuple[str, ...], criterion: Criterion) -> str:
-        table = _TABLE.get(criterion.type, "idx_token")
-        return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND {self.param(criterion)}")
 
     def ids(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
         """A subquery selecting the ids (with types when more than one type is searched) of
@@ -226,7 +203,7 @@ class Compiler:
             criterion.modifier == "missing" and criterion.values[0].raw == "true")
         if not negate and criterion.modifier != "missing" and criterion.code != "_id":
             return self.ids((rtype,), criterion)
-        cond = self.condition((rtype,), criterion, alias="c")
+        cond = self.exists(criterion, "c")
         return (f"SELECT c.id FROM resource c WHERE c.resource_type = {self.p(rtype)}"
                 f" AND NOT c.deleted AND {cond}")
 
