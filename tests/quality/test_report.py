@@ -9,7 +9,7 @@ from tests.fhir.validation.catalogue import HEART_RATE, PATIENT, broken
 from typer.testing import CliRunner
 
 from carebridge.cli import app
-from carebridge.quality.report import build_report, likely_duplicates
+from carebridge.quality.report import build_report, duplicates_of, likely_duplicates
 from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
 from carebridge.services.validation import WriteValidation
@@ -59,6 +59,20 @@ def test_duplicates_need_name_birth_date_and_a_shared_identifier_or_address() ->
     assert likely_duplicates([PATIENT, other_ids]) == []
     assert [why.rsplit(" and ", 1)[1] for _, _, why in
             likely_duplicates([first, same_address])] == ["address"]
+
+
+def test_a_new_patient_is_checked_against_its_candidates_only() -> None:
+    """duplicates_of gives the pairs of likely_duplicates that involve the new patient,
+    and never pairs two candidates with each other."""
+    twin = broken(TWIN, id="p2")
+    twin_too = broken(TWIN, id="p9")  # p2 ~ p9, but neither is the new patient
+    stranger = broken(TWIN, id="p4", identifier=[{"system": "http://x", "value": "1"}])
+    found = duplicates_of(PATIENT, [twin, twin_too, stranger, PATIENT])
+    assert [ref for ref, _ in found] == ["Patient/p2", "Patient/p9"]
+    whole = {(a, b): why for a, b, why in likely_duplicates([PATIENT, twin, twin_too, stranger])}
+    assert dict(found)["Patient/p2"] == whole[("Patient/p1", "Patient/p2")]
+    assert ("Patient/p2", "Patient/p9") in whole  # which the one-patient check leaves out
+    assert duplicates_of(broken(PATIENT, birthDate=None), [twin]) == []
 
 
 def test_the_command_prints_the_summary(tmp_path: Path) -> None:

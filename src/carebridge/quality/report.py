@@ -153,6 +153,18 @@ def _addresses(patient: dict[str, Any]) -> set[str]:
     return found
 
 
+def _why_same(a: dict[str, Any], b: dict[str, Any], name: str, birth: str) -> str:
+    """Why two Patients with the same name key and birth date are likely one person ('' if
+    they are not: a shared identifier, else a shared address)."""
+    shared = _identifiers(a) & _identifiers(b)
+    why = f"identifier {sorted(shared)[0]}" if shared else ""
+    if not why and _addresses(a) & _addresses(b):
+        why = "address"
+    if not why:
+        return ""
+    return f"same name ({name.replace('|', ', ')}), birth date {birth} and {why}"
+
+
 def likely_duplicates(patients: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """Pairs of Patient references that are likely the same person, with the reason."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -168,16 +180,32 @@ def likely_duplicates(patients: list[dict[str, Any]]) -> list[tuple[str, str, st
             for b in members[i + 1:]:
                 if a.get("id") == b.get("id"):
                     continue
-                shared = _identifiers(a) & _identifiers(b)
-                why = f"identifier {sorted(shared)[0]}" if shared else ""
-                if not why and _addresses(a) & _addresses(b):
-                    why = "address"
+                why = _why_same(a, b, name, birth)
                 if why:
                     first, second = sorted((f"Patient/{a.get('id')}", f"Patient/{b.get('id')}"))
-                    pairs.setdefault((first, second),
-                                     f"same name ({name.replace('|', ', ')}), birth date "
-                                     f"{birth} and {why}")
+                    pairs.setdefault((first, second), why)
     return [(a, b, why) for (a, b), why in sorted(pairs.items())]
+
+
+def duplicates_of(patient: dict[str, Any],
+                  others: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(reference, reason) of each of ``others`` likely the same person as ``patient``: the
+    rule of :func:`likely_duplicates` for one new Patient, linear in ``others`` (a write
+    checks itself against its candidates, not every candidate pair)."""
+    birth = patient.get("birthDate")
+    keys = _name_keys(patient)
+    if not isinstance(birth, str) or not keys:
+        return []
+    found: dict[str, str] = {}
+    for other in others:
+        if other.get("id") == patient.get("id") or other.get("birthDate") != birth:
+            continue
+        for name in sorted(keys & _name_keys(other)):
+            why = _why_same(patient, other, name, birth)
+            if why:
+                found.setdefault(f"Patient/{other.get('id')}", why)
+                break
+    return sorted(found.items())
 
 
 def render_report(report: QualityReport, console: Console, limit: int = 3) -> None:

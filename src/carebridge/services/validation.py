@@ -36,7 +36,7 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.resource import format_instant
 from carebridge.fhir.validation import Validator, raise_for_errors
 from carebridge.fhir.validation.snapshot import complete_snapshot
-from carebridge.quality.report import likely_duplicates
+from carebridge.quality.report import duplicates_of
 from carebridge.quality.rules import check_quality
 from carebridge.storage.base import Repository, Session, Write
 
@@ -104,36 +104,38 @@ class WriteValidation:
             return []
         families = sorted({n["family"] for n in patient.get("name") or ()
                            if isinstance(n, dict) and isinstance(n.get("family"), str)})
-        if not families:
-            return []
+        narrowing = _narrowing(patient)
+        if not families or not narrowing:
+            return []  # the rule needs a shared identifier or address: nothing can match
         try:
             candidates = self._reader.submit(self._patients_like, patient["birthDate"],
-                                             families).result(timeout=LOOKUP_TIMEOUT)
+                                             families, narrowing).result(timeout=LOOKUP_TIMEOUT)
         except Exception:  # a warning we cannot compute must not fail a write
             log.warning("duplicate-patient look-up failed; the write goes on without it",
                         exc_info=True)
             return []
-        own = f"Patient/{patient.get('id')}"
-        issues = []
-        for first, second, why in likely_duplicates([patient, *candidates]):
-            if own in (first, second):
-                other = second if first == own else first
-                issues.append(Issue("warning", "business-rule",
-                                    f"duplicate-patient: likely the same person as {other}: "
-                                    f"{why}", ("Patient",)))
-        return issues
+        return [Issue("warning", "business-rule",
+                      f"duplicate-patient: likely the same person as {other}: {why}",
+                      ("Patient",))
+                for other, why in duplicates_of(patient, candidates)]
 
-    def _patients_like(self, birth_date: str, families: list[str]) -> list[dict[str, Any]]:
+    def _patients_like(self, birth_date: str, families: list[str],
+                       narrowing: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Stored Patients with this birth date and family name that share one of the
+        identifiers, or an address's postal code or first line (index searches; the rule
+        itself is applied to what they find)."""
         assert self.repository is not None
         from carebridge.search.query import parse_query
 
         found: dict[str, dict[str, Any]] = {}
         with self.repository.session() as session:
             for family in families[:3]:
-                query = parse_query("Patient", [("birthdate", birth_date), ("family", family),
-                                                ("_count", "50")])
-                for match in self._searcher().run(session, query, None).matches:
-                    found.setdefault(match.id, orjson.loads(match.body))
+                for param, value in narrowing:
+                    query = parse_query("Patient", [("birthdate", birth_date),
+                                                    ("family", family), (param, value),
+                                                    ("_count", "50")])
+                    for match in self._searcher().run(session, query, None).matches:
+                        found.setdefault(match.id, orjson.loads(match.body))
         return list(found.values())
 
     def stored(self, resource_type: str, resource: dict[str, Any] | None) -> None:
@@ -293,3 +295,38 @@ def _parameters(body: Any, mode: str | None,
                 profile = parameter.get("valueUri") or parameter.get("valueCanonical") or profile
         return resource, mode, profile
     return body, mode, profile
+
+
+def _search_escape(text: str) -> str:
+    """A value as one search token (search.html#escaping: backslash, comma, pipe, dollar)."""
+    for char in "\\,|$":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
+    """Search criteria a likely duplicate of ``patient`` must meet at least one of: one of
+    its identifiers (OR-ed), or an address's postal code (else its first line). A superset
+    of what quality.report's rule accepts, so the look-up loses no duplicate."""
+    tokens = []
+    for ident in patient.get("identifier") or ():
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+            value = _search_escape(ident["value"])
+            system = ident.get("system")
+            tokens.append(f"{_search_escape(system)}|{value}" if isinstance(system, str)
+                          else value)
+    criteria = [("identifier", ",".join(sorted(set(tokens))))] if tokens else []
+    places = set()
+    for address in patient.get("address") or ():
+        if not isinstance(address, dict) or not address.get("line"):
+            continue
+        postal = address.get("postalCode")
+        if isinstance(postal, str) and postal.strip():
+            places.add(("address-postalcode", postal.strip()))
+        elif isinstance(address["line"][0], str) and address["line"][0].strip():
+            places.add(("address", address["line"][0].strip()))
+    for param in ("address-postalcode", "address"):
+        values = sorted(_search_escape(v) for p, v in places if p == param)
+        if values:
+            criteria.append((param, ",".join(values)))
+    return criteria

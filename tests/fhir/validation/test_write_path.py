@@ -345,3 +345,14 @@ def test_a_likely_duplicate_patient_is_a_warning_on_write(client: TestClient,
     quiet = client.put("/fhir/Patient/p3", json=other, headers=OUTCOME)
     assert [i["severity"] for i in quiet.json()["issue"]] == ["information"]
     assert [v for v, _ in service.validation.recorded("Patient", "p2")] == [1]
+    # A shared address (first line and postal code, compared folded) is enough too.
+    home = [{"line": ["1 Main St"], "postalCode": "AB1 2CD"}]
+    assert client.put("/fhir/Patient/p4", json=broken(other, id="p4", address=home),
+                      headers=FHIR).status_code == 201
+    moved = broken(other, id="p5", identifier=[{"system": "http://x", "value": "5"}],
+                   address=[{"line": ["1 MAIN ST"], "postalCode": "ab1 2cd"}])
+    response = client.put("/fhir/Patient/p5", json=moved, headers=OUTCOME)
+    warning = issue_at(response.json(), "Patient")
+    assert warning["diagnostics"].startswith(
+        "duplicate-patient: likely the same person as Patient/p4: same name (smith, ann), "
+        "birth date 1980-05-01 and address"), warning
