@@ -81,6 +81,8 @@ def build_application(settings: Settings) -> Application:
     monitoring = None
     if settings.monitoring:
         monitoring = Monitoring(service, MonitoringSettings(mqtt_url=settings.mqtt_url))
+        if authority is not None:  # device batches are audited (HTTP and MQTT alike)
+            monitoring.gateway.ledger = authority.ledger
     asgi = create_api(
         service, max_body_bytes=settings.max_body_bytes, on_shutdown=repository.close,
         security=security, monitoring=monitoring,
@@ -88,5 +90,6 @@ def build_application(settings: Settings) -> Application:
     if settings.mllp_port is not None:  # HL7 v2 listener in the app's lifespan
         attach_listener(asgi, service, MllpSettings(
             settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
-            settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key))
+            settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key),
+            ledger=authority.ledger if authority else None)  # audited unless --insecure-dev
     return Application(settings, repository, service, asgi, authority, monitoring)

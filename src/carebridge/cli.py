@@ -17,11 +17,12 @@ from rich.table import Table
 
 from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
-from carebridge.demo import data_dir
+from carebridge.demo import data_dir, demo_master_key
 from carebridge.ingest.hl7v2.commands import hl7_app
 from carebridge.security import logfilter
 from carebridge.security.commands import (
     audit_app,
+    cli_ledger,
     client_app,
     demo_credentials,
     keys_app,
@@ -160,9 +161,10 @@ def migrate(database: Database = DEFAULT_DATABASE_URL) -> None:
 def import_paths(database: str, paths: list[Path], quiet: bool = False,
                  validation: str = "strict") -> list[FileResult]:
     repo = open_data_repository(database)  # encrypted at rest when a master key is set
+    ledger = cli_ledger(repo)  # one AuditEvent per file, written before we return
     try:
         service = ResourceService(repo, validation=WriteValidation(repo, validation))
-        importer = Importer(service, SYSTEM)
+        importer = Importer(service, SYSTEM, ledger=ledger)
         files_to_load = expand_paths(paths)
         results: list[FileResult] = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -179,7 +181,10 @@ def import_paths(database: str, paths: list[Path], quiet: bool = False,
                 progress.advance(task)
         return results
     finally:
-        repo.close()
+        try:
+            ledger.close()
+        finally:
+            repo.close()
 
 
 @app.command("import")
@@ -224,7 +229,11 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
          patients: Annotated[int, typer.Option(help="simulated monitored patients")] = 12,
          rate: Annotated[float, typer.Option(help="simulated readings per second")] = 20.0,
          ) -> None:
-    """Load the sample patients (once) and run the server."""
+    """Load the sample patients (once) and run the server, encrypted at rest."""
+    key = demo_master_key(database)
+    console.print("Encryption at rest: on, master key "
+                  + (f"{key} (demo only; keep real keys off the database host)" if key
+                     else "from the environment"))
     repo = open_data_repository(database)  # sealed bodies read when a key is set
     try:
         service = ResourceService(repo)
@@ -247,8 +256,8 @@ def demo(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
     if page.entries:
         demo_credentials(database, f"http://{host}:{port}", page.entries[0][1].id)
     _start_demo_simulation(database, patients, rate)
-    _serve(Settings(mllp_port=mllp_port,
-                    database_url=database, host=host, port=port))
+    _serve(Settings(mllp_port=mllp_port, database_url=database, host=host, port=port,
+                    master_key_file=os.environ.get("CAREBRIDGE_MASTER_KEY_FILE")))
 
 
 def _start_demo_simulation(database: str, patients: int, rate: float) -> None:

@@ -101,7 +101,8 @@ class SecurityLayer:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if audited:
+            # A route that records its own, richer event (device ingest) says so in the scope.
+            if audited and not scope.get("carebridge.audited"):
                 self._audit(scope, status[0], remote)
 
     def _audit(self, scope: Scope, status: int, remote: str | None, detail: str = "") -> None:

@@ -59,13 +59,23 @@ def device_secret(request: Request, device_id: str) -> str | None:
 def monitoring_routes(monitoring: Monitoring) -> list[BaseRoute]:
     gateway = monitoring.gateway
 
+    def device_request(request: Request) -> str | None:
+        """The caller's address; when the gateway audits, the middleware need not."""
+        if gateway.ledger is not None:
+            request.scope["carebridge.audited"] = True
+        return request.client.host if request.client else None
+
     async def post_observations(request: Request) -> Response:
         device_id = request.path_params["deviceId"]
+        address = device_request(request)
         body = await request.body()
         if len(body) > MAX_READINGS_BODY:
-            raise PayloadTooLarge(f"A readings batch is limited to {MAX_READINGS_BODY} bytes")
+            error = PayloadTooLarge(f"A readings batch is limited to {MAX_READINGS_BODY} bytes")
+            gateway.refused(device_id, error, channel="http", address=address)
+            raise error
         secret = device_secret(request, device_id)
-        prepared = await run_in_threadpool(gateway.prepare, device_id, body, secret)
+        prepared = await run_in_threadpool(gateway.prepare, device_id, body, secret,
+                                           channel="http", address=address)
         result = await asyncio.wrap_future(gateway.submit(prepared))
         entries: list[dict[str, Any]] = [{"response": {"status": "201 Created",
                                  "location": f"Observation/{oid}/_history/1"}}
@@ -80,17 +90,24 @@ def monitoring_routes(monitoring: Monitoring) -> list[BaseRoute]:
 
     async def heartbeat(request: Request) -> Response:
         device_id = request.path_params["deviceId"]
+        address = device_request(request)
         body = await request.body()
-        data = orjson.loads(body) if body.strip() else {}
+        try:
+            data = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            data = None  # a 400 like any other malformed heartbeat, not a 500
         if not isinstance(data, dict):
-            raise BadRequest("A heartbeat is a JSON object {battery, signal}")
+            error = BadRequest("A heartbeat is a JSON object {battery, signal}")
+            gateway.refused(device_id, error, channel="http", address=address, kind="heartbeat")
+            raise error
 
         def number(key: str) -> float | None:
             value = data.get(key)
             return float(value) if isinstance(value, int | float) else None
 
         await run_in_threadpool(gateway.heartbeat, device_id, device_secret(request, device_id),
-                                number("battery"), number("signal"))
+                                number("battery"), number("signal"), channel="http",
+                                address=address)
         return Response(status_code=204)
 
     async def devices(request: Request) -> Response:

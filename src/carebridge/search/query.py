@@ -104,6 +104,11 @@ def parse_query(
     default_count: int = 20,
     max_count: int = 1000,
 ) -> SearchQuery:
+    for name, raw in params:
+        if "\x00" in raw or "\x00" in name:
+            # No FHIR value holds a NUL, and PostgreSQL refuses one in text (it would be a
+            # 500 there and merely match nothing on SQLite): a 400 on every backend.
+            raise BadRequest(f"Search parameter {name!r} contains a NUL character", (name,))
     types = _types(resource_type, params)
     query = SearchQuery(types, count=default_count)
     for name, raw in params:

@@ -11,6 +11,16 @@ Duplicates: a reading's Observation id is derived from (device, code, effective 
 a redelivered reading finds its id already stored and is dropped. The check and the insert
 run in one transaction, and the resource primary key settles a race between two workers
 (the loser's transaction is retried and then sees the reading as a duplicate).
+
+Audit: with a ``ledger`` (the server's, unless ``--insecure-dev``), every batch a device
+sends (readings or a heartbeat, over HTTP or MQTT) records one FHIR AuditEvent
+(``device_event``): agent the device identity, entities its Device and patient, the counts
+of readings received, stored and dropped as duplicates, and the outcome: refused (4) when
+``prepare`` turns it down, 0 once committed, 8 if storing failed. Accepted batches are
+recorded by the committer thread right after their commit, by appending to the ledger's
+in-memory queue (no database work on the commit path). The HTTP routes tell the security
+middleware (``carebridge.audited`` in the ASGI scope) that the gateway records them, so
+each request is recorded once.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from carebridge.fhir.resource import Resource, check_resource
 from carebridge.ingest.devices.credentials import DeviceCredentials
 from carebridge.monitoring import alerts, fleet
 from carebridge.monitoring.vitals import check_vital_sign, compact_observations, reading_id
+from carebridge.security.audit import AuditLedger
+from carebridge.security.audit_events import device_event
 from carebridge.security.policy import Action, Caller
 from carebridge.services.resources import PendingWrites, ResourceService
 from carebridge.storage.base import Session, Write
@@ -53,6 +65,9 @@ class PreparedReadings:
     observations: list[Resource]  # each with its id set
     battery: float | None = None
     signal: float | None = None
+    kind: str = "readings"  # or "heartbeat" (for the audit trail, as are the next two)
+    channel: str = "direct"  # http, mqtt, or direct (in-process callers)
+    address: str | None = None
 
 
 @dataclass
@@ -73,8 +88,9 @@ def device_caller(device_id: str) -> Caller:
 class DeviceGateway:
     def __init__(self, service: ResourceService, credentials: DeviceCredentials, *,
                  max_batch: int = 1000, max_wait: float = 0.005,
-                 require_credentials: bool = True) -> None:
+                 require_credentials: bool = True, ledger: AuditLedger | None = None) -> None:
         self.service = service
+        self.ledger = ledger  # set by the composition root when the server audits
         self.credentials = credentials
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -106,11 +122,21 @@ class DeviceGateway:
         self._bindings[device_id] = found
         return found
 
-    def prepare(self, device_id: str, payload: bytes | Any, secret: str | None) -> PreparedReadings:
-        """Authenticate, parse, fill and check; raises a FhirError naming what is wrong."""
-        if self.require_credentials and not self.credentials.verify(device_id, secret):
-            raise Unauthorized(f"Bad or missing credential for Device/{device_id}",
-                               code="login")
+    def prepare(self, device_id: str, payload: bytes | Any, secret: str | None, *,
+                channel: str = "direct", address: str | None = None) -> PreparedReadings:
+        """Authenticate, parse, fill and check; raises a FhirError naming what is wrong
+        (and records the refusal in the audit trail)."""
+        try:
+            prepared = self._prepare(device_id, payload, secret)
+        except Exception as exc:
+            self.refused(device_id, exc, channel=channel, address=address)
+            raise
+        prepared.channel, prepared.address = channel, address
+        return prepared
+
+    def _prepare(self, device_id: str, payload: bytes | Any,
+                 secret: str | None) -> PreparedReadings:
+        self._authenticate(device_id, secret)
         try:
             binding = self.binding(device_id)
         except NotFound:
@@ -154,14 +180,58 @@ class DeviceGateway:
     def ingest(self, device_id: str, payload: bytes | Any, secret: str | None) -> IngestResult:
         return self.submit(self.prepare(device_id, payload, secret)).result()
 
-    def heartbeat(self, device_id: str, secret: str | None, battery: float | None = None,
-                  signal: float | None = None) -> None:
-        """A sign of life without readings (battery and signal when reported)."""
+    def _authenticate(self, device_id: str, secret: str | None) -> None:
         if self.require_credentials and not self.credentials.verify(device_id, secret):
             raise Unauthorized(f"Bad or missing credential for Device/{device_id}",
                                code="login")
-        self.binding(device_id)
-        self.submit(PreparedReadings(device_id, [], battery, signal)).result()
+
+    def prepare_heartbeat(self, device_id: str, secret: str | None,
+                          battery: float | None = None, signal: float | None = None, *,
+                          channel: str = "direct",
+                          address: str | None = None) -> PreparedReadings:
+        """Authenticate a sign of life (a refusal is recorded in the audit trail)."""
+        try:
+            self._authenticate(device_id, secret)
+            self.binding(device_id)
+        except Exception as exc:
+            self.refused(device_id, exc, channel=channel, address=address, kind="heartbeat")
+            raise
+        return PreparedReadings(device_id, [], battery, signal, "heartbeat", channel, address)
+
+    def heartbeat(self, device_id: str, secret: str | None, battery: float | None = None,
+                  signal: float | None = None, *, channel: str = "direct",
+                  address: str | None = None) -> None:
+        """A sign of life without readings (battery and signal when reported)."""
+        self.submit(self.prepare_heartbeat(device_id, secret, battery, signal,
+                                           channel=channel, address=address)).result()
+
+    # ------------------------------------------------------------------ audit
+
+    def refused(self, device_id: str, error: BaseException, *, channel: str,
+                address: str | None = None, kind: str = "readings") -> None:
+        """Record a batch turned down before it was queued (bad credential, unknown
+        device, invalid reading, unreadable or oversized payload)."""
+        if self.ledger is None:
+            return
+        status = error.status if isinstance(error, FhirError) else 500
+        binding = self._bindings.get(device_id)
+        self.ledger.record(device_event(
+            device_caller(device_id), device_id, binding.patient_id if binding else None,
+            channel=channel, kind=kind, status=status, address=address))
+
+    def _audit(self, prepared: PreparedReadings, result: IngestResult | None,
+               error: BaseException | None = None) -> None:
+        if self.ledger is None:
+            return
+        binding = self._bindings.get(prepared.device_id)
+        status = 200 if error is None else (
+            error.status if isinstance(error, FhirError) else 500)
+        self.ledger.record(device_event(
+            device_caller(prepared.device_id), prepared.device_id,
+            binding.patient_id if binding else None, channel=prepared.channel,
+            kind=prepared.kind, status=status, readings=len(prepared.observations),
+            stored=len(result.stored) if result else 0,
+            duplicates=len(result.duplicates) if result else 0, address=prepared.address))
 
     def _run(self) -> None:
         while True:
@@ -194,12 +264,14 @@ class DeviceGateway:
             results = self.store([prepared for prepared, _ in batch])
         except Exception as exc:  # one bad submission must not fail the others: one by one
             if len(batch) == 1:
+                self._audit(batch[0][0], None, exc)
                 batch[0][1].set_exception(exc)
                 return
             for one in batch:
                 self._commit([one])
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (prepared, future), result in zip(batch, results, strict=True):
+            self._audit(prepared, result)  # queued before anyone hears of the commit
             future.set_result(result)
 
     def store(self, submissions: list[PreparedReadings]) -> list[IngestResult]:

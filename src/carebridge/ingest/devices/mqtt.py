@@ -40,7 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from carebridge.fhir.errors import FhirError
+from carebridge.fhir.errors import BadRequest, FhirError
 from carebridge.ingest.devices.gateway import DeviceGateway, IngestResult, PreparedReadings
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,15 @@ class MqttIngest:
             try:
                 data = orjson.loads(message.payload)
             except orjson.JSONDecodeError as exc:
-                raise FhirError(f"The message is not valid JSON: {exc}") from None
+                error = BadRequest(f"The message is not valid JSON: {exc}")
+                self.gateway.refused(device_id, error, channel="mqtt",
+                                     kind="heartbeat" if kind == "heartbeat" else "readings")
+                raise error from None
             secret = credential(message, data)
             if kind == "heartbeat":
                 prepared = self._heartbeat(device_id, data, secret)
-            else:
-                prepared = self.gateway.prepare(device_id, data, secret)
+            else:  # the gateway records refusals in the audit trail
+                prepared = self.gateway.prepare(device_id, data, secret, channel="mqtt")
         except FhirError as exc:
             self._reject(device_id, message, exc)
             client.ack(message.mid, message.qos)
@@ -144,19 +147,14 @@ class MqttIngest:
         self._submit(prepared, message)
 
     def _heartbeat(self, device_id: str, data: Any, secret: str | None) -> PreparedReadings:
-        if self.gateway.require_credentials and not self.gateway.credentials.verify(
-                device_id, secret):
-            from carebridge.fhir.errors import Unauthorized
-
-            raise Unauthorized(f"Bad or missing credential for Device/{device_id}")
-        self.gateway.binding(device_id)
         data = data if isinstance(data, dict) else {}
 
         def number(key: str) -> float | None:
             value = data.get(key)
             return float(value) if isinstance(value, int | float) else None
 
-        return PreparedReadings(device_id, [], number("battery"), number("signal"))
+        return self.gateway.prepare_heartbeat(device_id, secret, number("battery"),
+                                              number("signal"), channel="mqtt")
 
     def _submit(self, prepared: PreparedReadings, message: mqtt.MQTTMessage) -> None:
         self._count(1)

@@ -6,6 +6,18 @@ One process, one event loop; the blocking database work of each message runs in 
 listener's thread pool and commits through the group committer thread, so neither the HTTP
 requests nor the MLLP connections wait on an fsync in the loop. No second loop or
 process has to be coordinated, and a SIGTERM stops both in order.
+
+Audit: with the server's audit ledger (every server but ``--insecure-dev``, as for HTTP),
+each message taken records one FHIR AuditEvent (``hl7v2_event`` in
+``carebridge.security.audit_events``): type DICOM 110107 *Import* (PS3.15 A.5.3.5: data from
+outside the server's control enters it; action C), subtypes channel ``hl7v2-mllp`` and the
+message code and trigger event (HL7 tables 0076 and 0003); agent the feed identity
+``hl7v2:<MSH-3>`` with the connection's peer address; entity the message (MSH-9, MSH-10,
+MSA-1) and, when accepted or answered from the archive as a resend, the Provenance it
+produced; outcome AA 0, AE/AR 4, 8 for condition 207 (application internal error).
+Recorded once the ACK is known, by appending to the ledger's in-memory queue: nothing is
+added to the group commit's transaction, and no database work is added per message (the
+ledger's writer thread stores the events in batches).
 """
 
 from __future__ import annotations
@@ -19,9 +31,12 @@ from typing import Any
 from starlette.applications import Starlette
 
 from carebridge.ingest.hl7v2.committer import GroupCommitter
-from carebridge.ingest.hl7v2.mllp import DEFAULT_MAX_FRAME, MllpServer
-from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.ingest.hl7v2.mllp import DEFAULT_MAX_FRAME, MllpServer, peer_address
+from carebridge.ingest.hl7v2.parsing import Message
+from carebridge.ingest.hl7v2.processor import Hl7Processor, Outcome, feed_caller
 from carebridge.ingest.hl7v2.store import MessageCipher, MessageStore
+from carebridge.security.audit import AuditLedger
+from carebridge.security.audit_events import hl7v2_event
 from carebridge.services.resources import ResourceService
 
 
@@ -47,15 +62,32 @@ class Hl7Listener:
     """Processor + group committer + MLLP server, started and stopped together."""
 
     def __init__(self, service: ResourceService, settings: MllpSettings,
-                 cipher: MessageCipher | None = None) -> None:
+                 cipher: MessageCipher | None = None, ledger: AuditLedger | None = None) -> None:
         self.settings = settings
         self.processor = Hl7Processor(service, MessageStore(service.repository, cipher))
+        self.ledger = ledger
+        if ledger is not None:
+            self.processor.observe = self.audit
         self.committer = GroupCommitter(self.processor)
         context = ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         self.server = MllpServer(self.processor.handle_frame, settings.host, settings.port,
                                  max_frame_bytes=settings.max_frame_bytes,
                                  idle_timeout=settings.idle_timeout, ssl_context=context,
                                  workers=settings.workers)
+
+    def audit(self, message: Message | None, outcome: Outcome) -> None:
+        """Queue the AuditEvent of one message whose ACK is known (see module doc)."""
+        assert self.ledger is not None
+        error = outcome.error
+        self.ledger.record(hl7v2_event(
+            feed_caller(message.sending_application if message else None),
+            address=peer_address(),
+            message_code=message.message_code if message else "",
+            trigger_event=message.trigger_event if message else "",
+            control_id=message.control_id if message else "", ack_code=outcome.ack_code,
+            condition=error.code if error else "", location=error.location if error else "",
+            duplicate=outcome.duplicate, provenance_id=outcome.provenance_id,
+            error_id=outcome.error_id))
 
     async def start(self) -> None:
         self.committer.start()
@@ -67,9 +99,11 @@ class Hl7Listener:
 
 
 def attach_listener(asgi: Starlette, service: ResourceService, settings: MllpSettings,
-                    cipher: MessageCipher | None = None) -> Hl7Listener:
-    """Run an :class:`Hl7Listener` inside ``asgi``'s lifespan (see module doc)."""
-    listener = Hl7Listener(service, settings, cipher)
+                    cipher: MessageCipher | None = None,
+                    ledger: AuditLedger | None = None) -> Hl7Listener:
+    """Run an :class:`Hl7Listener` inside ``asgi``'s lifespan (see module doc); it stops
+    before the application's own shutdown flushes ``ledger``."""
+    listener = Hl7Listener(service, settings, cipher, ledger)
     original: Callable[[Any], AbstractAsyncContextManager[Any]] = asgi.router.lifespan_context
 
     @asynccontextmanager

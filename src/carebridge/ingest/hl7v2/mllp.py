@@ -6,13 +6,15 @@ need what that one does not offer: a maximum frame size answered with a NACK bef
 connection closes, idle timeouts, and the ACK written only after the blocking database work,
 which runs in a thread pool so the event loop (shared with the HTTP server) never waits on
 a commit. Frames of one connection are handled strictly one after another (per-connection
-order is the sender's order); connections run concurrently.
+order is the sender's order); connections run concurrently. While a frame is handled,
+:func:`peer_address` names the connection's remote address (for the audit trail).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections.abc import Callable
@@ -27,6 +29,13 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 READ_SIZE = 64 * 1024
 DEFAULT_MAX_FRAME = 1024 * 1024  # 1 MiB: larger than any ADT/ORU; images belong elsewhere
+
+_PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("mllp_peer", default=None)
+
+
+def peer_address() -> str | None:
+    """The remote address of the connection whose frame the calling handler is serving."""
+    return _PEER.get()
 
 
 def frame(payload: bytes) -> bytes:
@@ -77,6 +86,7 @@ class MllpServer:
         assert task is not None
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
+        _PEER.set(str(peer[0]) if isinstance(peer, tuple) and peer else None)  # this task's
         try:
             await self._connection(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
@@ -111,7 +121,10 @@ class MllpServer:
                 await self._oversized(writer)
                 return
             try:
-                ack = await loop.run_in_executor(self.executor, self.handler, bytes(payload))
+                # The handler runs in this connection's context (it reads peer_address()).
+                context = contextvars.copy_context()
+                ack = await loop.run_in_executor(self.executor, context.run, self.handler,
+                                                 bytes(payload))
             except Exception:
                 # Not even the error queue could keep it: send nothing, so the sender keeps
                 # the message and resends it on a new connection.

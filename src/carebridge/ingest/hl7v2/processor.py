@@ -83,6 +83,12 @@ class Outcome:
     duplicate: bool = False
     error_id: int | None = None
     archive_id: int | None = None
+    provenance_id: str | None = None  # what an accepted message produced (for the audit)
+    error: Hl7Error | None = None  # why an AE/AR
+
+
+#: Called with each message (None: unreadable) and its outcome once its ACK is known.
+OutcomeObserver = Callable[[Message | None, Outcome], None]
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Item:
     received_at: str = field(default_factory=utc_now_text)
     duplicate: ArchivedMessage | None = None
     archive_id: int | None = None
+    provenance_id: str | None = None
     first_write: int = 0
 
     @property
@@ -152,6 +159,7 @@ class _ArchivingResources(ResourceService):
         pending.flush(session)
         provenance = next((w.version.id for w in pending.writes[item.first_write:]
                            if w.version.resource_type == "Provenance"), None)
+        item.provenance_id = provenance
         item.archive_id = group.store.archive_in(
             session, message.sender, message.control_id, message.message_type,
             item.received_at, message.text.encode("utf-8"), item.ack.encode("utf-8"),
@@ -174,6 +182,7 @@ class Hl7Processor:
         self.application = application
         self.facility = facility
         self.submit: Callable[[Item], Outcome] = lambda item: self.commit_group([item])[0]
+        self.observe: OutcomeObserver | None = None  # e.g. the listener's audit
 
     # ---------------------------------------------------------------- frames
 
@@ -183,20 +192,28 @@ class Hl7Processor:
             received = read_frame(data)
         except MessageRejected as exc:
             ack = build_ack(None, "AR", exc, application=self.application)
-            self._enqueue(None, data, ack, exc)
+            self._observed(None, Outcome(ack, "AR", error_id=self._enqueue(None, data, ack, exc),
+                                         error=exc))
             return ack.encode("ascii", "replace")
         acks: list[str] = []
         codec = "utf-8"
         for text, parsed in received.messages:
             if isinstance(parsed, MessageRejected):
                 ack = build_ack(None, "AR", parsed, application=self.application)
-                self._enqueue(None, text.encode("utf-8"), ack, parsed)
+                error_id = self._enqueue(None, text.encode("utf-8"), ack, parsed)
+                self._observed(None, Outcome(ack, "AR", error_id=error_id, error=parsed))
                 acks.append(ack)
                 continue
             codec = CHARSETS.get(parsed.header.value(18).upper().strip(), "utf-8")
-            acks.append(self.process(parsed).ack)
+            outcome = self.process(parsed)
+            self._observed(parsed, outcome)
+            acks.append(outcome.ack)
         answer = batch_ack(received.envelope, acks) if received.envelope else acks[0]
         return answer.encode(codec, "replace")
+
+    def _observed(self, message: Message | None, outcome: Outcome) -> None:
+        if self.observe is not None:
+            self.observe(message, outcome)
 
     def process(self, message: Message) -> Outcome:
         """Map, commit and archive one message; its ACK (AA, or AE/AR with ERR)."""
@@ -259,17 +276,19 @@ class Hl7Processor:
                 continue
             for item in todo:
                 if item.duplicate is not None:
-                    outcomes[id(item)] = Outcome(item.duplicate.ack.decode("utf-8"), "AA",
-                                                 duplicate=True, archive_id=item.duplicate.id)
+                    outcomes[id(item)] = Outcome(
+                        item.duplicate.ack.decode("utf-8"), "AA", duplicate=True,
+                        archive_id=item.duplicate.id, provenance_id=item.duplicate.provenance_id)
                 else:
-                    outcomes[id(item)] = Outcome(item.ack, "AA", archive_id=item.archive_id)
+                    outcomes[id(item)] = Outcome(item.ack, "AA", archive_id=item.archive_id,
+                                                 provenance_id=item.provenance_id)
             break
         return [outcomes[id(i)] for i in items]
 
     def _group_work(self, items: list[Item]) -> Callable[[Session, PendingWrites], None]:
         def work(session: Session, pending: PendingWrites) -> None:
             for item in items:
-                item.duplicate, item.archive_id = None, None
+                item.duplicate, item.archive_id, item.provenance_id = None, None, None
                 item.first_write = len(pending.writes)
                 message = item.message
                 # A resend is answered before mapping: its mapping may no longer apply (the
@@ -320,7 +339,7 @@ class Hl7Processor:
         error_id = self._enqueue(message, message.text.encode("utf-8"), ack, error)
         log.info("HL7 %s %s from %s: %s %s", message.message_type, message.control_id,
                  message.sender, error.ack_code, error.describe())
-        return Outcome(ack, error.ack_code, error_id=error_id)
+        return Outcome(ack, error.ack_code, error_id=error_id, error=error)
 
     def _enqueue(self, message: Message | None, text: bytes, ack: str,
                  error: Hl7Error) -> int:
