@@ -121,6 +121,8 @@ def user_add(
     with _administering(database, USER_SECURITY_CHANGED, "C", username, "user") as (
             authority, record):
         try:
+            if authority.users.get(username) is not None:
+                raise ValueError(f"user {username} exists")
             secret = authority.users.add(username, _password(password), set(role), patient)
         except ValueError as exc:
             record(False, f"user add refused: {exc}")
