@@ -35,9 +35,11 @@ def test_import_folder_of_bundles(tmp_path: Path) -> None:
         for entry in load_bundle(path.name)["entry"]:
             rtype = entry["resource"]["resourceType"]
             expected[rtype] = expected.get(rtype, 0) + 1
+    resources = sum(expected.values())
+    expected["AuditEvent"] = 5  # one per file (docs/security.md, "What is audited")
     assert counts(url) == expected
     assert "5 files loaded, 0 failed" in result.output
-    assert f"{sum(expected.values())} resources" in result.output
+    assert f"{resources} resources" in result.output
 
 
 def test_failed_file_loads_nothing_and_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -61,6 +63,7 @@ def test_failed_file_loads_nothing_and_does_not_stop_the_others(tmp_path: Path) 
     for entry in good["entry"] + load_bundle("hospitalInformation.json.gz")["entry"]:
         rtype = entry["resource"]["resourceType"]
         expected[rtype] = expected.get(rtype, 0) + 1
+    expected["AuditEvent"] = 4  # every file, loaded or not, is on the audit trail
     assert counts(url) == expected  # nothing of the broken bundle
 
 
@@ -75,7 +78,7 @@ def test_import_ndjson_puts_resources_with_ids(tmp_path: Path) -> None:
     path = tmp_path / "data.ndjson.gz"
     path.write_bytes(gzip.compress(b"\n".join(orjson.dumps(x) for x in lines) + b"\n"))
     assert runner.invoke(app, ["import", str(path), "--database", url]).exit_code == 0
-    assert counts(url) == {"Patient": 2, "Observation": 1}
+    assert counts(url) == {"Patient": 2, "Observation": 1, "AuditEvent": 1}
     repo = open_repository(url)
     try:
         with repo.session() as s:
