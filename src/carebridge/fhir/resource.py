@@ -7,7 +7,9 @@ Resources stay ``dict`` trees parsed by orjson; there are no model classes on th
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,7 +27,43 @@ Resource = dict[str, Any]
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A new server-assigned id: a UUID version 7 (RFC 9562 section 5.7).
+
+    Time-ordered ids keep the B-tree indexes keyed on ids (resource, history, every search
+    index table) appending near their right edge instead of touching a random page per
+    row: with random (version 4) ids the index writes of an ingest cost ~1.6x as much here
+    (bench/ingest.py). The price: an id tells roughly when its resource was created (to
+    the millisecond), which ``meta.lastUpdated`` of a first version says anyway; 62 bits
+    stay random, so ids are not guessable (and access never depends on an id's secrecy).
+    Python 3.11's ``uuid`` has no version 7 (3.14 adds it), hence these lines.
+    """
+    h = f"{_uuid7_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID7_LOCK = threading.Lock()
+_uuid7_last = [0, 0]  # [unix ms, counter] of the last id made by this process
+
+
+def _uuid7_int() -> int:
+    """unix_ts_ms (48 bits) | ver 7 | rand_a (12 bits) | var 0b10 | rand_b (62 bits).
+
+    rand_a is a counter within the millisecond, starting at a random value below 2048
+    (RFC 9562 section 6.2, method 1), so ids made by one process are strictly increasing
+    even within a millisecond or when the clock steps back (then the last timestamp is kept).
+    """
+    with _UUID7_LOCK:
+        ms = time.time_ns() // 1_000_000
+        last_ms, counter = _uuid7_last
+        if ms > last_ms:
+            counter = secrets.randbits(11)
+        else:
+            ms, counter = last_ms, counter + 1
+            if counter > 0xFFF:  # 4,096 ids in one millisecond: borrow the next one
+                ms, counter = ms + 1, secrets.randbits(11)
+        _uuid7_last[0], _uuid7_last[1] = ms, counter
+    return ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (counter << 64) | (
+        0b10 << 62) | secrets.randbits(62)
 
 
 def check_id(value: object, expression: str = "id") -> str:

@@ -51,7 +51,8 @@ Composite = list[list[str]]  # components -> subcomponents
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One segment: ``fields[n]`` is field n (1-based, as in ``PID-3``) as repetitions."""
+    """One segment: ``fields[n]`` is field n (1-based, as in ``PID-3``) as its valued
+    repetitions (those with some non-empty subcomponent; filtered once, when parsed)."""
 
     name: str
     sequence: int  # which occurrence of this segment name in the message (1-based)
@@ -60,9 +61,7 @@ class Segment:
 
     def repetitions(self, n: int) -> list[Composite]:
         """Field ``n``'s repetitions (empty when not valued)."""
-        if n >= len(self.fields):
-            return []
-        return [rep for rep in self.fields[n] if any(any(s for s in c) for c in rep)]
+        return self.fields[n] if n < len(self.fields) else []
 
     def first(self, n: int) -> Composite:
         reps = self.repetitions(n)
@@ -246,6 +245,7 @@ def parse_message(text: str) -> Message:
             fields += [_field(tree, f, escape) for f in raw[3:]]
         else:
             fields = [[[[name]]]] + [_field(tree, f, escape) for f in raw[1:]]
+        fields = [[rep for rep in reps if any(any(c) for c in rep)] for reps in fields]
         segments.append(Segment(name, counts[name], position, fields))
     message = Message(text, segments, text[4:8] if text[3] != text[4] else "^~\\&")
     if not message.control_id:
