@@ -327,6 +327,34 @@ def test_cli_import_records_one_event_per_file(database_url: str, tmp_path: Path
     assert "detail" not in refused["entity"][0]
 
 
+def test_hl7v2_replay_is_audited_with_the_operator(database_url: str) -> None:
+    """`carebridge hl7 replay` records the message like the listener does, with the OS user
+    who ran it as the requestor; a failed replay (AE) and an accepted one both count."""
+    from carebridge.ingest.hl7v2.processor import Hl7Processor
+
+    repository = open_data_repository(database_url)
+    try:
+        hl7 = Hl7Processor(ResourceService(repository))
+        merge = (b"MSH|^~\\&|ADT1|GOOD HEALTH|CB|CB|20240101||ADT^A40|R-40|P|2.5.1\r"
+                 b"EVN|A40|20240101\rPID|1||SURV-1^^^GH^MR||Keep^Ann||19700101|F\r"
+                 b"MRG|GONE-1^^^GH^MR")
+        hl7.handle_frame(merge)  # the merged patient is unknown: AE, queued
+        [queued] = hl7.store.errors()
+    finally:
+        repository.close()
+    runner = CliRunner()
+    failed = runner.invoke(cli, ["hl7", "replay", str(queued.id), "--database", database_url])
+    assert failed.exit_code == 1, failed.output
+    events = [e for e in _stored_events(database_url) if channel_of(e) == "hl7v2-replay"]
+    assert len(events) == 1
+    [event] = events
+    assert who(event) == cli_operator() and event["agent"][0]["requestor"] is True
+    feed = event["agent"][1]
+    assert feed["who"]["identifier"]["value"] == "hl7v2:ADT1" and feed["requestor"] is False
+    assert event["outcome"] == "4" and f"#{queued.id}" in event["outcomeDesc"]
+    assert details(event["entity"][0])["MSH-10"] == "R-40"
+
+
 def test_security_administration_is_audited(database_url: str) -> None:
     run = CliRunner().invoke
     password = "correct horse battery staple"

@@ -200,13 +200,15 @@ def hl7v2_event(caller: Caller, *, address: str | None, message_code: str,
                 trigger_event: str, control_id: str, ack_code: str, condition: str = "",
                 location: str = "", duplicate: bool = False,
                 provenance_id: str | None = None, error_id: int | None = None,
-                ) -> dict[str, Any]:
+                operator: str | None = None) -> dict[str, Any]:
     """One HL7 v2 message taken over MLLP: the feed identity and its peer address, the
     message (MSH-9, MSH-10) and, when accepted, the Provenance it produced.
 
     ``condition``/``location``: the ERR of an AE/AR (never the reason text, which can
-    quote patient data: that stays in the sealed error queue, ``error_id``)."""
-    subtype = [_channel("hl7v2-mllp")]
+    quote patient data: that stays in the sealed error queue, ``error_id``).
+    ``operator``: a queued message run again by hand (``carebridge hl7 replay``): who did it
+    is the requestor, channel ``hl7v2-replay``; the feed stays an agent."""
+    subtype = [_channel("hl7v2-replay" if operator else "hl7v2-mllp")]
     if message_code:
         subtype.append({"system": _V2_MESSAGE_TYPE, "code": message_code})
     if trigger_event:
@@ -231,9 +233,14 @@ def hl7v2_event(caller: Caller, *, address: str | None, message_code: str,
     if provenance_id:
         entities.append({"what": {"reference": f"Provenance/{provenance_id}"},
                          "type": _SYSTEM_OBJECT, "role": _RESOURCE_ROLE})
-    return _event(_IMPORT, subtype, "C", hl7v2_outcome(ack_code, condition), detail,
-                  _agents(caller.subject, None, address, None, caller.roles),
-                  "carebridge HL7 v2 listener", entities)
+    agents = _agents(caller.subject, None, address, None, caller.roles)
+    if operator:
+        agents[0]["requestor"] = False
+        agents.insert(0, {"who": {"identifier": {"system": "urn:carebridge:user",
+                                                 "value": operator}}, "requestor": True})
+    return _event(_IMPORT, subtype, "C", hl7v2_outcome(ack_code, condition), detail, agents,
+                  "carebridge hl7 replay" if operator else "carebridge HL7 v2 listener",
+                  entities)
 
 
 def device_event(caller: Caller, device_id: str, patient_id: str | None, *, channel: str,

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.ingest.hl7v2.processor import Hl7Processor, feed_caller
 from carebridge.ingest.hl7v2.store import MessageStore
+from carebridge.security.audit_events import cli_operator, hl7v2_event
+from carebridge.security.commands import cli_ledger
 from carebridge.security.crypto import open_data_repository
 from carebridge.services.resources import ResourceService
 from carebridge.services.validation import WriteValidation
@@ -44,15 +46,32 @@ def errors(database: Database = DEFAULT_DATABASE_URL,
 @hl7_app.command("replay")
 def replay(error_id: Annotated[int, typer.Argument(help="id from `carebridge hl7 errors`")],
            database: Database = DEFAULT_DATABASE_URL) -> None:
-    """Run one queued message again (after fixing what made it fail). Exits 1 if it fails."""
+    """Run one queued message again (after fixing what made it fail). Exits 1 if it fails.
+
+    Recorded like a message taken over MLLP (an AuditEvent in the ledger), with the OS user
+    who ran the command as the requestor."""
     repo = open_data_repository(database)  # encrypted at rest when a master key is set
     try:
-        if MessageStore(repo).error(error_id) is None:
+        queued = MessageStore(repo).error(error_id)
+        if queued is None:
             console.print(f"[red]no HL7 v2 error #{error_id}[/]")
             raise typer.Exit(2)
         # validated like every other write (the server's default mode, strict)
         service = ResourceService(repo, validation=WriteValidation(repo, "strict"))
-        outcome = Hl7Processor(service).replay(error_id)
+        ledger = cli_ledger(repo)
+        try:
+            outcome = Hl7Processor(service).replay(error_id)
+            code, _, trigger = queued.message_type.partition("^")
+            ledger.record(hl7v2_event(
+                feed_caller(queued.sender.split("|", 1)[0] or None), address=None,
+                message_code=code, trigger_event=trigger, control_id=queued.control_id,
+                ack_code=outcome.ack_code,
+                condition=outcome.error.code if outcome.error else "",
+                location=outcome.error.location if outcome.error else "",
+                duplicate=outcome.duplicate, provenance_id=outcome.provenance_id,
+                error_id=error_id, operator=cli_operator()))
+        finally:
+            ledger.close()
     finally:
         repo.close()
     console.print(outcome.ack.replace("\r", "\n").rstrip())

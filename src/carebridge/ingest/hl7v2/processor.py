@@ -372,13 +372,13 @@ class Hl7Processor:
             ack = build_ack(message, error.ack_code, error, application=self.application)
             self.store.retry_failed(error_id, ack.encode("utf-8"), error.code,
                                     error.location, error.reason)
-            return Outcome(ack, error.ack_code, error_id=error_id)
+            return Outcome(ack, error.ack_code, error_id=error_id, error=error)
         if item.duplicate is not None:
             self.store.resolve_error(error_id, item.duplicate.id)
             return Outcome(item.duplicate.ack.decode("utf-8"), "AA", True, error_id,
-                           item.duplicate.id)
+                           item.duplicate.id, item.duplicate.provenance_id)
         self.store.resolve_error(error_id, item.archive_id)
-        return Outcome(item.ack, "AA", False, error_id, item.archive_id)
+        return Outcome(item.ack, "AA", False, error_id, item.archive_id, item.provenance_id)
 
 
 def from_fhir(exc: FhirError, mapped: Mapped | None = None) -> MessageError:
