@@ -191,6 +191,23 @@ def test_an_unreadable_frame_is_audited_too(server: Server) -> None:
     assert details(event["entity"][0])["MSH-9"] == "(unreadable)"
 
 
+def test_an_oversized_frame_refused_by_the_mllp_layer_is_audited(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.mllp_port)) as sock:
+        sock.sendall(b"\x0bMSH|^~\\&|BIG|X|||2024||ADT^A01|BIG-1|P|2.5.1\r"
+                     + b"NTE|1||" + b"x" * (1024 * 1024 + 10) + b"\x1c\x0d")
+        answer = b""
+        while b"\x1c" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        assert b"MSA|AR" in answer
+    [event] = wait_for(lambda: server.events("hl7v2-mllp"))
+    assert who(event) == "hl7v2:unknown" and event["outcome"] == "4"
+    assert details(event["entity"][0])["MSA-1"] == "AR"
+    assert event["agent"][0]["network"]["address"] == "127.0.0.1"
+
+
 def test_hl7v2_outcomes_follow_the_ack_and_the_error_condition() -> None:
     assert hl7v2_outcome("AA") == "0"
     assert hl7v2_outcome("AE", "101") == hl7v2_outcome("AR", "200") == "4"

@@ -31,6 +31,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from carebridge.ingest.hl7v2.committer import GroupCommitter
+from carebridge.ingest.hl7v2.errors import MessageRejected
 from carebridge.ingest.hl7v2.mllp import DEFAULT_MAX_FRAME, MllpServer, peer_address
 from carebridge.ingest.hl7v2.parsing import Message
 from carebridge.ingest.hl7v2.processor import Hl7Processor, Outcome, feed_caller
@@ -73,7 +74,8 @@ class Hl7Listener:
         self.server = MllpServer(self.processor.handle_frame, settings.host, settings.port,
                                  max_frame_bytes=settings.max_frame_bytes,
                                  idle_timeout=settings.idle_timeout, ssl_context=context,
-                                 workers=settings.workers)
+                                 workers=settings.workers,
+                                 on_refused=self.refused if ledger is not None else None)
 
     def audit(self, message: Message | None, outcome: Outcome) -> None:
         """Queue the AuditEvent of one message whose ACK is known (see module doc)."""
@@ -88,6 +90,11 @@ class Hl7Listener:
             condition=error.code if error else "", location=error.location if error else "",
             duplicate=outcome.duplicate, provenance_id=outcome.provenance_id,
             error_id=outcome.error_id))
+
+    def refused(self, error: MessageRejected) -> None:
+        """A frame the MLLP layer refused before reading it (too large): audited as an
+        unreadable message (nothing of it is kept)."""
+        self.audit(None, Outcome("", "AR", error=error))
 
     async def start(self) -> None:
         self.committer.start()

@@ -49,8 +49,10 @@ class MllpServer:
     def __init__(self, handler: Callable[[bytes], bytes], host: str = "127.0.0.1",
                  port: int = 2575, *, max_frame_bytes: int = DEFAULT_MAX_FRAME,
                  idle_timeout: float = 300.0, ssl_context: ssl.SSLContext | None = None,
-                 workers: int = 4) -> None:
+                 workers: int = 4,
+                 on_refused: Callable[[MessageRejected], None] | None = None) -> None:
         self.handler = handler
+        self.on_refused = on_refused  # told of frames refused here (too large), e.g. to audit
         self.host = host
         self.port = port
         self.max_frame_bytes = max_frame_bytes
@@ -138,6 +140,11 @@ class MllpServer:
                                 VALUE_TOO_LONG)
         writer.write(frame(build_ack(None, "AR", error).encode("ascii")))
         await writer.drain()
+        if self.on_refused is not None:
+            try:
+                self.on_refused(error)
+            except Exception:  # an observer's failure must not break the connection's end
+                log.exception("MLLP: on_refused failed")
 
 
 def _frame_length(buffer: bytearray) -> int:
