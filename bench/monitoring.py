@@ -64,7 +64,8 @@ HTTP_CONNECTIONS = 6
 # ------------------------------------------------------------------------------- server side
 
 def serve(argv: list[str]) -> None:
-    """``bench/monitoring.py serve --scoring on|off --mqtt URL --database D --host H --port P``"""
+    """``bench/monitoring.py serve --scoring on|off|ingest --mqtt URL --database D --host H
+    --port P``; ``ingest``: readings go to the outbox for another process's engine."""
     import uvicorn
 
     from carebridge.api import create_api
@@ -77,13 +78,13 @@ def serve(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     scoring = args.scoring == "on"
     inner = open_repository(args.database)
-    repository = OutboxRepository(inner) if scoring else inner
+    repository = OutboxRepository(inner) if args.scoring in ("on", "ingest") else inner
     service = ResourceService(repository)
     monitoring = Monitoring(service, MonitoringSettings(mqtt_url=args.mqtt))
     os.environ["CAREBRIDGE_MQTT_CLIENT_ID"] = f"bench-{args.scoring}-{os.getpid()}"
     if scoring:
         app = create_api(service, monitoring=monitoring, on_shutdown=repository.close)
-    else:  # the floor: the same gateway and MQTT workers, nothing scored
+    else:  # the floor (or an ingest-only worker): the same gateway and MQTT workers
         from starlette.routing import Route
 
         from carebridge.api.monitoring_routes import monitoring_routes
@@ -195,15 +196,26 @@ def send_mqtt(url: str, sets: list[tuple[simulator.SimulatedPatient, dict[str, A
     sender.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: str,
-               scoring: bool, database_url: str) -> float:
+               scoring: bool, database_url: str) -> tuple[float, float]:
+    """(readings per second, server CPU milliseconds per reading)."""
     population = provision(database_url, args.patients)
-    sets = reading_sets(population, args.readings // SET,
-                        datetime.now(UTC) - timedelta(hours=1))
+    # Readings must fall inside the NEWS2 window (1 h) when the engine sees them, or they
+    # are history only (not scored): the last set is taken a minute before the run starts.
+    count = args.readings // SET
+    span = timedelta(seconds=count // len(population.patients) + 60)
+    sets = reading_sets(population, count, datetime.now(UTC) - span)
     expected = len(sets) * SET
     program = (sys.executable, __file__, "serve", "--scoring", "on" if scoring else "off",
                "--mqtt", broker.url)
     with ServerProcess(database_url, program=program) as server:
+        cpu_before = cpu_seconds(server.pid)
         started = time.monotonic()
         if transport == "http":
             by_patient: dict[str, list[tuple[simulator.SimulatedPatient, dict[str, Any]]]] = {}
@@ -225,7 +237,8 @@ def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: 
                 raise RuntimeError(f"only {stored}/{expected} stored, {outbox} in the outbox")
             time.sleep(0.05)
         elapsed = time.monotonic() - started
-    return expected / elapsed
+        cpu = cpu_seconds(server.pid) - cpu_before
+    return expected / elapsed, cpu * 1000 / expected
 
 
 class Sse:
@@ -332,12 +345,14 @@ def main() -> None:
               f" {args.patients} patients, {os.cpu_count()} cores")
         rows = []
         for transport in [t for t in args.transports.split(",") if t]:
-            floor = throughput(args, broker, transport, False, fresh())
-            scored = throughput(args, broker, transport, True, fresh())
+            floor, floor_cpu = throughput(args, broker, transport, False, fresh())
+            scored, scored_cpu = throughput(args, broker, transport, True, fresh())
             rows.append((transport, scored, floor))
             print(f"  {transport:4}: scored {scored:8,.0f} readings/s | floor (store only)"
                   f" {floor:8,.0f} readings/s | ratio {scored / floor:.2f}"
                   f"  (targets >= 2,000/s on SQLite, >= 0.5)", flush=True)
+            print(f"        server CPU per reading: scored {scored_cpu:.3f} ms |"
+                  f" floor {floor_cpu:.3f} ms", flush=True)
         if not args.skip_latency:
             lat = latency(args, broker, fresh())
             print(f"  alert latency at {args.latency_rate:,.0f} readings/s over MQTT:"

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,9 +69,22 @@ class EngineSettings:
     batch: int = 2000  # outbox rows per transaction
     offline_after: timedelta = timedelta(minutes=5)
     sweep_every: float = 5.0  # seconds
-    # After a wake-up, let more commits land before a pass: fewer, larger transactions
-    # (each one a durable commit) and one NEWS2 per patient per pass, for this much latency.
+    # Passes start at least this far apart: under load, more commits land before a pass
+    # (fewer, larger transactions, each a durable commit, and one NEWS2 per patient per
+    # pass); after a quiet spell the first write is handled at once.
     gather: float = 0.05  # seconds
+
+
+@dataclass
+class Judgement:
+    """What a batch of outbox rows leads to, worked out before it is stored."""
+
+    changed: list[ResourceChanged]
+    moment: datetime
+    bodies: dict[tuple[str, str], StoredVersion] = field(default_factory=dict)
+    readings: list[ReadingRow] = field(default_factory=list)  # to project into mon_reading
+    staged: PendingWrites = field(default_factory=PendingWrites)  # NEWS2 Observations
+    alerts: list[AlertCondition] = field(default_factory=list)  # to open or escalate
 
 
 class MonitoringEngine(BackgroundWorker):
@@ -87,6 +100,10 @@ class MonitoringEngine(BackgroundWorker):
         self._rules: dict[str, list[Rule]] | None = None
         self._monitored: frozenset[str] | None = None
         self._last_sweep = 0.0
+        # NEWS2 Observations this engine stored: when their outbox rows come back, their
+        # bodies need not be read again (they hold no readings) unless a Subscription may
+        # match them. Bounded: ids another process claimed are forgotten wholesale.
+        self._scores: set[str] = set()
         service.events.subscribe(self._on_events)
 
     # ------------------------------------------------------------------ running
@@ -95,10 +112,14 @@ class MonitoringEngine(BackgroundWorker):
         self._wake.set()
 
     def _run(self) -> None:
+        last_pass = 0.0
         while not self._stop.is_set():
             if self._wake.wait(timeout=self.settings.sweep_every):
-                self._stop.wait(self.settings.gather)
+                delay = last_pass + self.settings.gather - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
             self._wake.clear()
+            last_pass = time.monotonic()
             try:
                 while self.process_once() and not self._stop.is_set():
                     pass
@@ -171,21 +192,37 @@ class MonitoringEngine(BackgroundWorker):
     # ------------------------------------------------------------------ one pass
 
     def process_once(self) -> int:
-        """Handle up to one batch of outbox rows; returns how many were handled."""
+        """Handle up to one batch of outbox rows; returns how many were handled.
+
+        The batch is judged first in a read transaction (readings, NEWS2 scores staged:
+        validated and indexed, rule checks), without the database's write lock, which the
+        device gateway's commits need; the write transaction then claims exactly those rows
+        and stores the outcome. If another engine claimed any of them meanwhile, the write
+        transaction judges what it claimed itself, as a single-phase pass."""
         rules = self.rules()
         monitored = self.monitored()
         self.subscriptions.refresh()
         self.service.policy.authorize(MONITOR, Action.CREATE, "Observation")
+        with self.service.repository.session() as snapshot:
+            peeked = peek(snapshot, self.dialect, self.settings.batch)
+            if not peeked:
+                return 0
+            judged = self._judge(snapshot, [c for _, c in peeked], rules, monitored)
         changed: list[ResourceChanged] = []
 
         def work(session: Session, pending: PendingWrites) -> int:
-            changed.clear()
-            changed.extend(claim(session, self.dialect, self.settings.batch))
-            if changed:
-                self._handle(session, pending, changed, rules, monitored)
+            verdict = judged
+            taken = claim_ids(session, self.dialect, [row_id for row_id, _ in peeked])
+            changed[:] = [c for _, c in peeked]
+            if len(taken) < len(peeked):  # another engine took some: judge here instead
+                changed[:] = [c for _, c in sorted(taken)]
+                changed.extend(claim(session, self.dialect, self.settings.batch - len(taken)))
+                verdict = self._judge(session, changed, rules, monitored)
+            self._apply(session, pending, verdict)
             return len(changed)
 
         handled = self.service.run_write(work, retry=True)
+        self._scores.difference_update(c.resource_id for c in changed)
         if any(c.resource_type in ("Basic", "CarePlan", "Device") for c in changed):
             self._rules = None
             self._monitored = None
@@ -193,76 +230,99 @@ class MonitoringEngine(BackgroundWorker):
             self.subscriptions.invalidate()
         return handled
 
-    def _handle(self, session: Session, pending: PendingWrites,
-                changed: list[ResourceChanged], rules: dict[str, list[Rule]],
-                monitored: frozenset[str]) -> None:
+    def _judge(self, session: Session, changed: list[ResourceChanged],
+               rules: dict[str, list[Rule]], monitored: frozenset[str]) -> Judgement:
+        """Everything a batch leads to that can be worked out from committed data: its
+        readings, each patient's NEWS2 (staged) and the rules that fire. Reads only."""
         moment = self.service.clock()
+        verdict = Judgement(changed, moment)
+        active = self.subscriptions.active
+        own = self._scores
         wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
-                  and (c.resource_type in ("Observation", "Subscription")
-                       or self.subscriptions.active)]
-        bodies = current_versions(session, self.dialect, wanted)
-        readings: list[ReadingRow] = []
+                  and (active or (c.resource_type == "Observation" and c.resource_id not in own)
+                       or c.resource_type == "Subscription")]
+        verdict.bodies = current_versions(session, self.dialect, wanted)
         for c in changed:
-            current = bodies.get((c.resource_type, c.resource_id))
+            current = verdict.bodies.get((c.resource_type, c.resource_id))
             if c.resource_type == "Observation" and current is not None and current.body:
-                readings.extend(r for r in readings_of(orjson.loads(current.body))
-                                if r.patient_id in monitored)
-        if readings:
-            insert_many(session, self.dialect, "mon_reading", _READING_COLUMNS,
-                        [r.row() for r in readings])
+                verdict.readings.extend(r for r in readings_of(orjson.loads(current.body))
+                                        if r.patient_id in monitored)
+        batch: dict[str, list[ReadingRow]] = defaultdict(list)
+        for reading in verdict.readings:
+            batch[reading.patient_id].append(reading)
         # Only recent readings trigger scoring and rules (a late upload of last week's
         # readings fills the history for trends but does not raise today's alerts).
         recent_since = moment - self.settings.window
-        by_patient: dict[str, list[ReadingRow]] = defaultdict(list)
-        for reading in readings:
-            if reading.effective >= recent_since:
-                by_patient[reading.patient_id].append(reading)
-        for patient, new in by_patient.items():
+        for patient, readings in batch.items():
+            new = [r for r in readings if r.effective >= recent_since]
+            if not new:
+                continue
             patient_rules = rules.get(patient, [])
             if any(r.code in SCORED_CODES for r in new):
-                self._score(session, pending, patient, new, patient_rules, moment)
+                self._score(session, verdict, patient, new, readings, patient_rules)
             for rule in patient_rules:
                 if rule.kind in ("threshold", "trend") and any(r.code == rule.code for r in new):
-                    self._evaluate(session, pending, patient, rule, new, moment)
-        self.subscriptions.activate(pending, changed, bodies, moment)
-        if self.subscriptions.active:
-            self.subscriptions.enqueue(session, changed, bodies, moment)
+                    self._evaluate(session, verdict, patient, rule, new, readings)
+        return verdict
 
-    def _score(self, session: Session, pending: PendingWrites, patient: str,
-               new: list[ReadingRow], rules: list[Rule], moment: datetime) -> None:
+    def _apply(self, session: Session, pending: PendingWrites, verdict: Judgement) -> None:
+        """Store what ``_judge`` decided, in the transaction that claimed the batch."""
+        moment = verdict.moment
+        if verdict.readings:
+            insert_many(session, self.dialect, "mon_reading", _READING_COLUMNS,
+                        [r.row() for r in verdict.readings])
+        pending.writes.extend(verdict.staged.writes)
+        pending.issues.update(verdict.staged.issues)
+        for condition in verdict.alerts:
+            alerts.raise_alert(self.service, session, pending, condition, moment)
+        self.subscriptions.activate(pending, verdict.changed, verdict.bodies, moment)
+        if self.subscriptions.active:
+            self.subscriptions.enqueue(session, verdict.changed, verdict.bodies, moment)
+
+    def _score(self, session: Session, verdict: Judgement, patient: str,
+               new: list[ReadingRow], batch: list[ReadingRow], rules: list[Rule]) -> None:
         until = max(r.effective for r in new)
         hypercapnic = any(r.kind == "news2-spo2-scale-2" for r in rules)
         score = news2_for(session, self.dialect, patient, until, self.settings.window,
-                          hypercapnic)
+                          hypercapnic, batch)
+        moment = verdict.moment
         observation = news2_observation(score, moment)
         oid = new_id()
-        self.service.stage(pending, observation, "Observation", oid, 1, "POST", moment, None)
+        self.service.stage(verdict.staged, observation, "Observation", oid, 1, "POST", moment,
+                           None)
+        if len(self._scores) > 100_000:
+            self._scores.clear()
+        self._scores.add(oid)
         risk = score.result.risk
         if risk in _NEWS2_ALERT:
             priority, text = _NEWS2_ALERT[risk]
-            alerts.raise_alert(self.service, session, pending, AlertCondition(
+            verdict.alerts.append(AlertCondition(
                 patient, "news2", risk.rank, f"news2-{risk.value}",
-                f"{text} (NEWS2 {score.result.total})", priority, f"Observation/{oid}"), moment)
+                f"{text} (NEWS2 {score.result.total})", priority, f"Observation/{oid}"))
 
-    def _evaluate(self, session: Session, pending: PendingWrites, patient: str, rule: Rule,
-                  new: list[ReadingRow], moment: datetime) -> None:
+    def _evaluate(self, session: Session, verdict: Judgement, patient: str, rule: Rule,
+                  new: list[ReadingRow], batch: list[ReadingRow]) -> None:
         assert rule.code is not None and rule.value is not None
         latest = max(r.effective for r in new if r.code == rule.code)
         span = rule.duration + timedelta(hours=1) if rule.kind == "threshold" else rule.duration
+        since = latest - span
         rows = run(session, self.dialect,
                    "SELECT effective, value, observation_id FROM mon_reading WHERE patient_id = ?"
                    " AND code = ? AND effective >= ? AND effective <= ? ORDER BY effective",
-                   (patient, rule.code, instant_text(latest - span), instant_text(latest)))
+                   (patient, rule.code, instant_text(since), instant_text(latest)))
         series: list[Reading] = [(from_text(r[0]), float(r[1]), str(r[2])) for r in rows]
+        series.extend((r.effective, r.value, r.observation_id) for r in batch
+                      if r.code == rule.code and since <= r.effective <= latest)
+        series.sort(key=lambda reading: reading[0])
         if rule.kind == "threshold":
             assert rule.comparator is not None
             hit = threshold_held(series, rule.comparator, rule.value, rule.duration)
         else:
             hit = trend_reached(series, rule.value, rule.duration)
         if hit is not None:
-            alerts.raise_alert(self.service, session, pending, AlertCondition(
+            verdict.alerts.append(AlertCondition(
                 patient, rule.alert_key, 1, f"rule-{rule.kind}", rule.title, rule.priority,
-                f"Observation/{hit[2]}"), moment)
+                f"Observation/{hit[2]}"))
 
     # ------------------------------------------------------------------ sweep
 
@@ -300,6 +360,27 @@ class MonitoringEngine(BackgroundWorker):
             alerts.raise_alert(self.service, session, pending, AlertCondition(
                 patient, rule.alert_key, 1, "rule-no-data", rule.title, rule.priority,
                 f"Basic/{rule.rule_id}"), moment)
+
+
+def peek(session: Session, dialect: str, limit: int) -> list[tuple[int, ResourceChanged]]:
+    """The oldest ``limit`` outbox rows, left in place (see ``claim_ids``)."""
+    rows = run(session, dialect, "SELECT id, resource_type, resource_id, version, method FROM"
+               " event_outbox ORDER BY id LIMIT ?", (limit,))
+    return [(int(r[0]), ResourceChanged(r[1], r[2], int(r[3]), r[4])) for r in rows]
+
+
+def claim_ids(session: Session, dialect: str,
+              ids: Sequence[int]) -> list[tuple[int, ResourceChanged]]:
+    """Claim these outbox rows (gone once ``session`` commits); those another consumer
+    took in the meantime are missing from the answer."""
+    taken: list[tuple[int, ResourceChanged]] = []
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        rows = run(session, dialect,
+                   f"DELETE FROM event_outbox WHERE id IN ({', '.join('?' for _ in part)})"
+                   " RETURNING id, resource_type, resource_id, version, method", part)
+        taken.extend((int(r[0]), ResourceChanged(r[1], r[2], int(r[3]), r[4])) for r in rows)
+    return taken
 
 
 def current_versions(session: Session, dialect: str,

@@ -140,8 +140,16 @@ def latest_readings(session: Session, dialect: str, patient_id: str, until: date
 
 
 def news2_for(session: Session, dialect: str, patient_id: str, until: datetime,
-              window: timedelta, hypercapnic: bool) -> News2Score:
+              window: timedelta, hypercapnic: bool,
+              pending: Sequence[ReadingRow] = ()) -> News2Score:
+    """The score from each parameter's latest reading in (until - window, until], taken
+    from ``mon_reading`` and ``pending`` (this patient's readings not stored yet)."""
     latest = latest_readings(session, dialect, patient_id, until, window)
+    low = until - window
+    for r in pending:
+        if r.code in SCORED_CODES and low < r.effective <= until and (
+                r.code not in latest or r.effective > latest[r.code][1]):
+            latest[r.code] = (r.value, r.effective, r.observation_id)
 
     def value(code: str) -> float | None:
         found = latest.get(code)
