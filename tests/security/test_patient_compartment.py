@@ -111,6 +111,30 @@ def test_includes_stay_inside(secured: Secured, world: dict[str, str]) -> None:
     assert _ids(inc) == {world["a_lab"], world["a_vital"]}
 
 
+def test_everything_is_the_own_record_only(secured: Secured, world: dict[str, str]) -> None:
+    """Patient/$everything: a patient gets their own record and what it references; another
+    patient's answers like a missing one; a narrower scope narrows it, type by type."""
+    h = _as_patient(secured, world)
+    c = secured.client
+    own = c.get(f"/fhir/Patient/{world['a']}/$everything", headers=h)
+    assert own.status_code == 200, own.text
+    assert _ids(own.json()) == {world["a"], world["a_lab"], world["a_vital"], "doc"}
+    other = c.get(f"/fhir/Patient/{world['b']}/$everything", headers=h)
+    missing = c.get("/fhir/Patient/nope/$everything", headers=h)
+    assert other.status_code == missing.status_code == 404
+    assert other.json()["issue"][0]["diagnostics"].replace(world["b"], "X") == (
+        missing.json()["issue"][0]["diagnostics"].replace("nope", "X"))
+    narrow = secured.headers("patient/Patient.rs patient/Observation.rs?category=vital-signs",
+                             {"patient"}, patient=world["a"])
+    vital = c.get(f"/fhir/Patient/{world['a']}/$everything", headers=narrow)
+    assert vital.status_code == 200, vital.text
+    assert _ids(vital.json()) == {world["a"], world["a_vital"]}
+    # Staff see any patient's record, and nothing of another patient's in it.
+    staff = secured.headers("user/*.rs", {"physician"})
+    theirs = c.get(f"/fhir/Patient/{world['b']}/$everything", headers=staff).json()
+    assert _ids(theirs) == {world["b"], world["b_lab"], world["b_vital"], "doc"}
+
+
 def test_history_bundles_and_conditionals_are_closed(secured: Secured,
                                                       world: dict[str, str]) -> None:
     h = _as_patient(secured, world, "patient/*.cruds")

@@ -82,6 +82,7 @@ def create_api(
         Route("/fhir/{type}", fhir.search, methods=["GET"]),
         Route("/fhir/{type}", fhir.conditional_update, methods=["PUT"]),
         Route("/fhir/{type}", fhir.conditional_delete, methods=["DELETE"]),
+        Route("/fhir/Patient/{id}/$everything", fhir.everything, methods=["GET", "POST"]),
         Route("/fhir/{compartment}/{id}/{type}", fhir.search, methods=["GET"]),
         Route("/fhir/{type}/{id}", fhir.update, methods=["PUT"]),
         Route("/fhir/{type}/{id}", fhir.patch, methods=["PATCH"]),

@@ -56,7 +56,10 @@ def _resources() -> tuple[dict[str, Any], ...]:
             "searchParam": _search_params(rtype),
             # Validation (docs/validation.md): type and instance level, mode and profile.
             "operation": [{"name": "validate", "definition":
-                           "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                           "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                          *([{"name": "everything", "definition":
+                              "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+                            if rtype == "Patient" else [])],
         }
         for rtype in sorted(registry.resource_types())
     )

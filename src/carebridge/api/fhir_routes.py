@@ -30,6 +30,7 @@ from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.security.policy import Caller
 from carebridge.services.bundles import BundleProcessor
 from carebridge.services.conditional import ConditionalWrites
+from carebridge.services.everything import Everything, everything_bundle
 from carebridge.services.resources import ResourceService, WriteResult, check_type
 from carebridge.services.search import SearchService, search_bundle
 from carebridge.services.validation import validate_operation
@@ -122,6 +123,23 @@ class FhirRoutes:
             validate_operation, self.service, self.caller(request), p["type"], body,
             p.get("id"), q.get("mode"), q.get("profile"))
         return fhir_json(outcome, pretty=neg.pretty(request))
+
+    async def everything(self, request: Request) -> Response:
+        """``Patient/[id]/$everything`` (services/everything.py): GET with query parameters,
+        or POST with a Parameters resource (or a form)."""
+        neg.check_accept(request)
+        params = [(k, v) for k, v in request.query_params.multi_items()
+                  if k not in ("_format", "_pretty")]
+        if request.method == "POST":
+            raw = await neg.read_body_raw(request, self.max_body_bytes)
+            if raw.strip():
+                params += _operation_parameters(parse_json(raw))
+        page = await run_in_threadpool(
+            Everything(self.search_service).run, self.caller(request),
+            request.path_params["id"], params)
+        base = self.base_url(request)
+        path = f"{base}{request.url.path.removeprefix('/fhir')}"
+        return fhir_json(everything_bundle(page, base, path), pretty=neg.pretty(request))
 
     # ------------------------------------------------------------ instance level
 
@@ -349,3 +367,20 @@ def history_bundle(
     if entries:  # FHIR JSON arrays are never empty
         bundle["entry"] = entries
     return bundle
+
+
+def _operation_parameters(body: Any) -> list[tuple[str, str]]:
+    """A Parameters resource's primitive parameters as (name, value) pairs."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("The body of an operation is a Parameters resource", ("resourceType",))
+    pairs = []
+    for n, parameter in enumerate(body.get("parameter") or []):
+        values = [v for k, v in (parameter or {}).items() if k.startswith("value")]
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str) or (
+                len(values) != 1 or isinstance(values[0], dict | list)):
+            raise BadRequest("Each parameter needs a name and one primitive value[x]",
+                             (f"Parameters.parameter[{n}]",))
+        value = values[0]
+        pairs.append((parameter["name"], str(value).lower() if isinstance(value, bool)
+                      else str(value)))
+    return pairs

@@ -180,6 +180,8 @@ def classify(method: str, path: str) -> tuple[str, str | None, str | None, str |
         return interaction, rtype, rid, patient
     if parts[2] == "_history":
         return ("vread" if len(parts) > 3 else "history-instance"), rtype, rid, patient
+    if parts[2].startswith("$"):  # an instance operation ($validate, Patient $everything)
+        return "operation", rtype, rid, patient
     return "search-type", parts[2], None, patient  # compartment search
 
 
