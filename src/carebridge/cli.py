@@ -72,7 +72,10 @@ def _serve(settings: Settings) -> None:
         f"  (database: {_redact(settings.database_url)})"
     )
     if settings.mllp_port is not None:
-        console.print(f"  HL7 v2 over MLLP at {settings.host}:{settings.mllp_port}")
+        console.print(f"  HL7 v2 over MLLP{' with TLS' if settings.mllp_tls_cert else ''} at"
+                      f" {settings.host}:{settings.mllp_port}")
+        if settings.tls_cert and not settings.mllp_tls_cert:
+            console.print("[bold yellow]  MLLP is in clear text (--mllp-plaintext)[/]")
     if settings.insecure_dev:
         console.print("[bold white on red] INSECURE DEVELOPMENT MODE: authentication and "
                       "access control are OFF. Loopback only; never use with real data. [/]")
@@ -102,6 +105,15 @@ TlsKey = Annotated[str | None, typer.Option(envvar="CAREBRIDGE_TLS_KEY",
                                             help="PEM private key of --tls-cert")]
 CorsOrigin = Annotated[list[str] | None, typer.Option(
     "--cors-origin", help="a browser origin allowed to call the API (repeatable)")]
+
+MllpTlsCert = Annotated[str | None, typer.Option(
+    envvar="CAREBRIDGE_MLLP_TLS_CERT",
+    help="PEM certificate for MLLP over TLS (default: --tls-cert, when given)")]
+MllpTlsKey = Annotated[str | None, typer.Option(
+    envvar="CAREBRIDGE_MLLP_TLS_KEY", help="PEM private key of --mllp-tls-cert")]
+MllpPlaintext = Annotated[bool, typer.Option(
+    "--mllp-plaintext", envvar="CAREBRIDGE_MLLP_PLAINTEXT",
+    help="MLLP without TLS even with --tls-cert (legacy senders on a trusted network)")]
 
 Mqtt = Annotated[str | None, typer.Option(
     "--mqtt", envvar="CAREBRIDGE_MQTT", help="MQTT broker for device readings, mqtt://host:port")]
@@ -136,10 +148,23 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           port: Port = 8080, insecure_dev: InsecureDev = False, public_url: PublicUrl = None,
           validation: ValidationMode = "strict",
           tls_cert: TlsCert = None, tls_key: TlsKey = None,
-          cors_origin: CorsOrigin = None, mqtt: Mqtt = None) -> None:
-    """Run the FHIR server (bearer tokens required; see docs/security.md)."""
+          cors_origin: CorsOrigin = None, mqtt: Mqtt = None,
+          mllp_tls_cert: MllpTlsCert = None, mllp_tls_key: MllpTlsKey = None,
+          mllp_plaintext: MllpPlaintext = False) -> None:
+    """Run the FHIR server (bearer tokens required; see docs/security.md).
+
+    With a certificate (--tls-cert), HTTP and MLLP both use TLS; --mllp-tls-cert gives MLLP
+    its own, and --mllp-plaintext keeps MLLP in clear for senders that cannot do TLS."""
+    if mllp_tls_cert is None and not mllp_plaintext:
+        mllp_tls_cert, mllp_tls_key = tls_cert, tls_key
+    elif mllp_plaintext:
+        if mllp_tls_cert is not None:
+            raise typer.BadParameter("--mllp-plaintext contradicts --mllp-tls-cert",
+                                     param_hint="--mllp-plaintext")
+        mllp_tls_key = None
     _serve(Settings(validation=_validation_mode(validation),
-                    mllp_port=mllp_port, mqtt_url=mqtt,
+                    mllp_port=mllp_port, mqtt_url=mqtt, mllp_tls_cert=mllp_tls_cert,
+                    mllp_tls_key=mllp_tls_key,
                     database_url=database, host=host, port=port, **security_settings(
         insecure_dev, public_url, tls_cert, tls_key, cors_origin)))
 

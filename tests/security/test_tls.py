@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import socket
 import ssl
 import subprocess
 import sys
@@ -38,14 +40,31 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+A01 = (b"MSH|^~\\&|ADT1|GOOD HEALTH|CB|CB|20240101||ADT^A01|TLS-1|P|2.5.1\r"
+       b"EVN|A01|20240101\rPID|1||TLS-P1^^^GH^MR||Secure^Sam||19700101|M\r"
+       b"PV1|1|I|W1^1^1||||||||||||||||V-TLS-1")
+
+
+def _mllp_ack(sock: socket.socket) -> bytes:
+    sock.sendall(b"\x0b" + A01 + b"\x1c\x0d")
+    answer = b""
+    while b"\x1c" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
 @pytest.mark.slow
-def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
+def test_serve_speaks_https_and_mllp_over_tls_with_a_certificate(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    port = free_port()
+    port, mllp_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "carebridge", "serve", "--database",
          f"sqlite:///{tmp_path}/t.db", "--port", str(port), "--tls-cert", str(cert),
-         "--tls-key", str(key)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--tls-key", str(key), "--mllp-port", str(mllp_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx2.Client(verify=ssl.create_default_context(cafile=str(cert)),
                            timeout=5) as client:
@@ -65,6 +84,39 @@ def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
             assert config["token_endpoint"].startswith("https://")
         with pytest.raises(httpx2.TransportError), httpx2.Client(timeout=5) as plain:
             plain.get(f"http://127.0.0.1:{port}/fhir/metadata")
+        # MLLP takes the same certificate: a TLS sender gets its ACK, a plain one nothing.
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert b"MSA|AA|TLS-1" in _mllp_ack(tls)
+        with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as clear, \
+                contextlib.suppress(ConnectionError):
+            assert b"MSA" not in _mllp_ack(clear)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_mllp_plaintext_keeps_legacy_senders_working_beside_https(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port, mllp_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "carebridge", "serve", "--database",
+         f"sqlite:///{tmp_path}/t.db", "--port", str(port), "--tls-cert", str(cert),
+         "--tls-key", str(key), "--mllp-port", str(mllp_port), "--mllp-plaintext"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as clear:
+                    assert b"MSA|AA|TLS-1" in _mllp_ack(clear)
+                break
+            except ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
     finally:
         process.terminate()
         process.wait(timeout=15)
