@@ -33,6 +33,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import queue
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,7 @@ def serve(argv: list[str]) -> None:
     inner = open_repository(args.database)
     repository = OutboxRepository(inner) if args.scoring in ("on", "ingest") else inner
     service = ResourceService(repository)
-    monitoring = Monitoring(service, MonitoringSettings(mqtt_url=args.mqtt))
+    monitoring = Monitoring(service, MonitoringSettings(mqtt_url=args.mqtt or None))
     os.environ["CAREBRIDGE_MQTT_CLIENT_ID"] = f"bench-{args.scoring}-{os.getpid()}"
     if scoring:
         app = create_api(service, monitoring=monitoring, on_shutdown=repository.close)
@@ -89,10 +91,12 @@ def serve(argv: list[str]) -> None:
 
         from carebridge.api.monitoring_routes import monitoring_routes
 
-        ingest = MqttIngest(monitoring.gateway, args.mqtt, client_id=f"bench-floor-{os.getpid()}")
+        ingest = MqttIngest(monitoring.gateway, args.mqtt,
+                            client_id=f"bench-floor-{os.getpid()}") if args.mqtt else None
 
         def shutdown() -> None:  # leave the shared group, or the broker keeps feeding us
-            ingest.stop()
+            if ingest is not None:
+                ingest.stop()
             monitoring.gateway.stop()
             repository.close()
 
@@ -100,7 +104,8 @@ def serve(argv: list[str]) -> None:
         app.router.routes.extend(r for r in monitoring_routes(monitoring)
                                  if isinstance(r, Route) and r.path.startswith("/devices/"))
         monitoring.gateway.start()
-        ingest.start()
+        if ingest is not None:
+            ingest.start()
     uvicorn.run(app, host=args.host, port=int(args.port), log_level="warning", access_log=False)
 
 
@@ -150,13 +155,14 @@ def count_stored(database_url: str) -> tuple[int, int]:
         repo.close()
 
 
-def send_http(port: int, batches: list[tuple[simulator.SimulatedPatient, list[Any]]]) -> None:
+def send_http(ports: list[int],
+              batches: list[tuple[simulator.SimulatedPatient, list[Any]]]) -> None:
     work: queue.Queue[tuple[simulator.SimulatedPatient, list[Any]] | None] = queue.Queue()
     for item in batches:
         work.put(item)
     failures: list[int] = []
 
-    def client() -> None:
+    def client(port: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while True:
             try:
@@ -174,7 +180,8 @@ def send_http(port: int, batches: list[tuple[simulator.SimulatedPatient, list[An
                 failures.append(reply.status)
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(HTTP_CONNECTIONS)]
+    threads = [threading.Thread(target=client, args=(ports[n % len(ports)],))
+               for n in range(HTTP_CONNECTIONS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -202,6 +209,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, broker: ThrowawayMosquitto, database_url: str,
+            scoring: bool) -> Iterator[list[ServerProcess]]:
+    """The server, and ``--ingest-workers`` more processes that only ingest (MQTT shared
+    subscription, HTTP): the main one runs the engine and the alert stream for all."""
+    def program(role: str, mqtt: str) -> tuple[str, ...]:
+        return (sys.executable, __file__, "serve", "--scoring", role, "--mqtt", mqtt)
+
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(ServerProcess(database_url, program=program(
+            "on" if scoring else "off", broker.url)))]
+        for _ in range(args.ingest_workers):
+            running.append(stack.enter_context(ServerProcess(
+                database_url, program=program("ingest" if scoring else "off", broker.url))))
+        yield running
+
+
 def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: str,
                scoring: bool, database_url: str) -> tuple[float, float]:
     """(readings per second, server CPU milliseconds per reading)."""
@@ -212,10 +236,8 @@ def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: 
     span = timedelta(seconds=count // len(population.patients) + 60)
     sets = reading_sets(population, count, datetime.now(UTC) - span)
     expected = len(sets) * SET
-    program = (sys.executable, __file__, "serve", "--scoring", "on" if scoring else "off",
-               "--mqtt", broker.url)
-    with ServerProcess(database_url, program=program) as server:
-        cpu_before = cpu_seconds(server.pid)
+    with servers(args, broker, database_url, scoring) as running:
+        cpu_before = [cpu_seconds(server.pid) for server in running]
         started = time.monotonic()
         if transport == "http":
             by_patient: dict[str, list[tuple[simulator.SimulatedPatient, dict[str, Any]]]] = {}
@@ -226,7 +248,7 @@ def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: 
                 for i in range(0, len(items), HTTP_SETS_PER_POST):
                     chunk = items[i:i + HTTP_SETS_PER_POST]
                     batches.append((chunk[0][0], [r for _, r in chunk]))
-            send_http(server.port, batches)
+            send_http([server.port for server in running], batches)
         else:
             send_mqtt(broker.url, sets)
         while True:
@@ -237,7 +259,8 @@ def throughput(args: argparse.Namespace, broker: ThrowawayMosquitto, transport: 
                 raise RuntimeError(f"only {stored}/{expected} stored, {outbox} in the outbox")
             time.sleep(0.05)
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(server.pid) - cpu_before
+        cpu = sum(cpu_seconds(server.pid) - before
+                  for server, before in zip(running, cpu_before, strict=True))
     return expected / elapsed, cpu * 1000 / expected
 
 
@@ -281,9 +304,8 @@ def latency(args: argparse.Namespace, broker: ThrowawayMosquitto,
     now = datetime.now(UTC)
     sets = reading_sets(background, int(args.latency_rate * args.latency_seconds / SET),
                         now - timedelta(minutes=30))
-    program = (sys.executable, __file__, "serve", "--scoring", "on", "--mqtt", broker.url)
-    with ServerProcess(database_url, program=program) as server:
-        sse = Sse(server.port)
+    with servers(args, broker, database_url, True) as running:
+        sse = Sse(running[0].port)
         time.sleep(0.5)
         sent: dict[str, float] = {}
         load = threading.Thread(target=send_mqtt, args=(broker.url, sets, args.latency_rate))
@@ -327,6 +349,8 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--transports", default="http,mqtt")
+    parser.add_argument("--ingest-workers", type=int, default=0,
+                        help="more server processes that only ingest (the main one scores)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="carebridge-bench-monitoring-"))
     postgres = ThrowawayPostgres(durable=True).start() if args.backend == "postgresql" else None
@@ -342,7 +366,8 @@ def main() -> None:
     broker = ThrowawayMosquitto(extra_config=["max_queued_messages 0"]).start()
     try:
         print(f"monitoring benchmark: {args.backend}, {args.readings} readings,"
-              f" {args.patients} patients, {os.cpu_count()} cores")
+              f" {args.patients} patients, {os.cpu_count()} cores,"
+              f" {1 + args.ingest_workers} server process(es)")
         rows = []
         for transport in [t for t in args.transports.split(",") if t]:
             floor, floor_cpu = throughput(args, broker, transport, False, fresh())

@@ -72,7 +72,10 @@ class EngineSettings:
     # Passes start at least this far apart: under load, more commits land before a pass
     # (fewer, larger transactions, each a durable commit, and one NEWS2 per patient per
     # pass); after a quiet spell the first write is handled at once.
-    gather: float = 0.05  # seconds
+    gather: float = 0.02  # seconds
+    # Writes of other processes (ingest workers, other API servers) wake nothing here: the
+    # outbox is also looked at this often (a read-only peek, no write lock).
+    poll: float = 0.05  # seconds
 
 
 @dataclass
@@ -114,7 +117,7 @@ class MonitoringEngine(BackgroundWorker):
     def _run(self) -> None:
         last_pass = 0.0
         while not self._stop.is_set():
-            if self._wake.wait(timeout=self.settings.sweep_every):
+            if self._wake.wait(timeout=min(self.settings.poll, self.settings.sweep_every)):
                 delay = last_pass + self.settings.gather - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)

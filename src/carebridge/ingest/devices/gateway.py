@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -240,13 +241,11 @@ class DeviceGateway:
                 return
             batch = [item]
             size = len(item[0].observations)
-            deadline = threading.Event()
-            timer = threading.Timer(self.max_wait, deadline.set)
-            timer.start()
+            deadline = time.monotonic() + self.max_wait  # no timer thread per commit
             stopping = False
-            while size < self.max_batch and not deadline.is_set():
+            while size < self.max_batch:
                 try:
-                    more = self._queue.get(timeout=self.max_wait)
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
@@ -254,7 +253,6 @@ class DeviceGateway:
                     break
                 batch.append(more)
                 size += len(more[0].observations)
-            timer.cancel()
             self._commit(batch)
             if stopping:
                 return
