@@ -28,6 +28,7 @@ import pytest
 from hl7.client import MLLPClient
 from paho.mqtt.enums import CallbackAPIVersion
 from starlette.testclient import TestClient
+from tests.security.test_tls import read_mllp_answer
 from typer.testing import CliRunner
 
 from carebridge.app import Application, build_application
@@ -195,13 +196,7 @@ def test_an_oversized_frame_refused_by_the_mllp_layer_is_audited(server: Server)
     with socket.create_connection(("127.0.0.1", server.mllp_port)) as sock:
         sock.sendall(b"\x0bMSH|^~\\&|BIG|X|||2024||ADT^A01|BIG-1|P|2.5.1\r"
                      + b"NTE|1||" + b"x" * (1024 * 1024 + 10) + b"\x1c\x0d")
-        answer = b""
-        while b"\x1c" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        assert b"MSA|AR" in answer
+        assert b"MSA|AR" in read_mllp_answer(sock)
     [event] = wait_for(lambda: server.events("hl7v2-mllp"))
     assert who(event) == "hl7v2:unknown" and event["outcome"] == "4"
     assert details(event["entity"][0])["MSA-1"] == "AR"

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -47,6 +48,11 @@ A01 = (b"MSH|^~\\&|ADT1|GOOD HEALTH|CB|CB|20240101||ADT^A01|TLS-1|P|2.5.1\r"
 
 def _mllp_ack(sock: socket.socket) -> bytes:
     sock.sendall(b"\x0b" + A01 + b"\x1c\x0d")
+    return read_mllp_answer(sock)
+
+
+def read_mllp_answer(sock: socket.socket) -> bytes:
+    """Bytes up to the end of one MLLP frame (or until the server closes)."""
     answer = b""
     while b"\x1c" not in answer:
         chunk = sock.recv(4096)
@@ -56,32 +62,43 @@ def _mllp_ack(sock: socket.socket) -> bytes:
     return answer
 
 
-@pytest.mark.slow
-def test_serve_speaks_https_and_mllp_over_tls_with_a_certificate(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *options: str) -> Iterator[tuple[Path, int, int]]:
+    """``carebridge serve`` with a self-signed certificate and MLLP, up and answering:
+    (certificate, HTTP port, MLLP port)."""
     cert, key = _self_signed(tmp_path)
     port, mllp_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "carebridge", "serve", "--database",
          f"sqlite:///{tmp_path}/t.db", "--port", str(port), "--tls-cert", str(cert),
-         "--tls-key", str(key), "--mllp-port", str(mllp_port)],
+         "--tls-key", str(key), "--mllp-port", str(mllp_port), *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with httpx2.Client(verify=ssl.create_default_context(cafile=str(cert)),
-                           timeout=5) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    reply = client.get(f"https://127.0.0.1:{port}/fhir/metadata")
-                    break
-                except httpx2.TransportError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-            assert reply.status_code == 200
-            assert reply.headers["strict-transport-security"].startswith("max-age=")
-            config = client.get(
-                f"https://127.0.0.1:{port}/fhir/.well-known/smart-configuration").json()
-            assert config["token_endpoint"].startswith("https://")
+        deadline = time.monotonic() + 60
+        while True:  # the MLLP listener starts with the application, before HTTP answers
+            try:
+                socket.create_connection(("127.0.0.1", mllp_port), timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield cert, port, mllp_port
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_serve_speaks_https_and_mllp_over_tls_with_a_certificate(tmp_path: Path) -> None:
+    with _serving(tmp_path) as (cert, port, mllp_port), httpx2.Client(
+            verify=ssl.create_default_context(cafile=str(cert)), timeout=5) as client:
+        reply = client.get(f"https://127.0.0.1:{port}/fhir/metadata")
+        assert reply.status_code == 200
+        assert reply.headers["strict-transport-security"].startswith("max-age=")
+        config = client.get(
+            f"https://127.0.0.1:{port}/fhir/.well-known/smart-configuration").json()
+        assert config["token_endpoint"].startswith("https://")
         with pytest.raises(httpx2.TransportError), httpx2.Client(timeout=5) as plain:
             plain.get(f"http://127.0.0.1:{port}/fhir/metadata")
         # MLLP takes the same certificate: a TLS sender gets its ACK, a plain one nothing.
@@ -92,31 +109,10 @@ def test_serve_speaks_https_and_mllp_over_tls_with_a_certificate(tmp_path: Path)
         with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as clear, \
                 contextlib.suppress(ConnectionError):
             assert b"MSA" not in _mllp_ack(clear)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.mark.slow
 def test_mllp_plaintext_keeps_legacy_senders_working_beside_https(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
-    port, mllp_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "carebridge", "serve", "--database",
-         f"sqlite:///{tmp_path}/t.db", "--port", str(port), "--tls-cert", str(cert),
-         "--tls-key", str(key), "--mllp-port", str(mllp_port), "--mllp-plaintext"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as clear:
-                    assert b"MSA|AA|TLS-1" in _mllp_ack(clear)
-                break
-            except ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with _serving(tmp_path, "--mllp-plaintext") as (_cert, _port, mllp_port), \
+            socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as clear:
+        assert b"MSA|AA|TLS-1" in _mllp_ack(clear)
