@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from tests.monitoring.support import Ward, minutes_ago
@@ -232,3 +234,50 @@ def test_old_readings_fill_history_but_raise_nothing(ward: Ward) -> None:
                                    ward.secret)
     ward.settle()
     assert news2_scores(ward) == [] and flags(ward) == []
+
+
+def test_rows_taken_by_another_engine_between_judging_and_storing(ward: Ward) -> None:
+    """A pass judges its batch without the write lock; if another engine claims those rows
+    first, the pass judges what it claims itself: every reading is scored once, one alert."""
+    from carebridge.monitoring.engine import Judgement, MonitoringEngine
+
+    other = MonitoringEngine(ward.service)
+
+    class Overtaken(MonitoringEngine):
+        overtaken = False
+
+        def _judge(self, *args: Any, **kwargs: Any) -> Judgement:
+            verdict = super()._judge(*args, **kwargs)
+            if not self.overtaken:  # the other engine commits the same batch meanwhile
+                self.overtaken = True
+                done: list[int] = []
+                racer = threading.Thread(target=lambda: done.append(other.process_once()))
+                racer.start()
+                racer.join()
+                assert done and done[0] > 0
+            return verdict
+
+    engine = Overtaken(ward.service)
+    ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(1), "hr": 140, "rr": 26},
+                                   ward.secret)
+    while engine.process_once():
+        pass
+    assert engine.overtaken
+    [score] = news2_scores(ward)  # stored by the other engine only
+    assert score["valueInteger"] == 6
+    [flag] = flags(ward)
+    assert flag["code"]["coding"][0]["code"] == "news2-medium"  # type: ignore[index]
+    with ward.service.repository.session() as session:
+        assert session.query("SELECT count(*) FROM mon_reading", ())[0][0] == 2
+        assert session.query("SELECT count(*) FROM event_outbox", ())[0][0] == 0
+
+
+def test_a_batch_scores_with_readings_not_stored_yet(ward: Ward) -> None:
+    """Readings of the same batch count as the latest (they reach mon_reading only when the
+    batch is stored): two sets in one batch, the later values score."""
+    ward.monitoring.gateway.ingest(ward.device_id, [
+        {"t": minutes_ago(3), "hr": 140, "rr": 26},
+        {"t": minutes_ago(2), "hr": 70, "rr": 16}], ward.secret)
+    ward.settle()
+    [score] = news2_scores(ward)
+    assert score["valueInteger"] == 0 and flags(ward) == []
