@@ -23,7 +23,8 @@ What is measured (one run; server, broker, database and load generator on one ma
 
    ``--ingest-workers N`` adds N server processes that only ingest (the same gateway, MQTT
    shared subscription and HTTP routes, writing the outbox); the main process also ingests
-   and runs the one engine and the alert stream. HTTP load is spread over all processes.
+   (MQTT only with the workers if ``--main-without-mqtt``) and runs the one engine and the
+   alert stream. HTTP load is spread over all processes.
 
 2. **Alert latency at 1,000 readings/s.** With scoring on, background devices publish over MQTT
    at ``--latency-rate`` readings/s for ``--latency-seconds``; meanwhile, 5 times a second, a
@@ -225,8 +226,9 @@ def servers(args: argparse.Namespace, broker: ThrowawayMosquitto, database_url: 
         return (sys.executable, __file__, "serve", "--scoring", role, "--mqtt", mqtt)
 
     with contextlib.ExitStack() as stack:
+        main_mqtt = "" if args.main_without_mqtt else broker.url
         running = [stack.enter_context(ServerProcess(database_url, program=program(
-            "on" if scoring else "off", broker.url)))]
+            "on" if scoring else "off", main_mqtt)))]
         for _ in range(args.ingest_workers):
             running.append(stack.enter_context(ServerProcess(
                 database_url, program=program("ingest" if scoring else "off", broker.url))))
@@ -358,6 +360,8 @@ def main() -> None:
     parser.add_argument("--transports", default="http,mqtt")
     parser.add_argument("--ingest-workers", type=int, default=0,
                         help="more server processes that only ingest (the main one scores)")
+    parser.add_argument("--main-without-mqtt", action="store_true",
+                        help="with --ingest-workers: MQTT readings go to the workers only")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="carebridge-bench-monitoring-"))
     postgres = ThrowawayPostgres(durable=True).start() if args.backend == "postgresql" else None
