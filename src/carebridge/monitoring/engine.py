@@ -75,7 +75,7 @@ class EngineSettings:
     gather: float = 0.02  # seconds
     # Writes of other processes (ingest workers, other API servers) wake nothing here: the
     # outbox is also looked at this often (a read-only peek, no write lock).
-    poll: float = 0.05  # seconds
+    poll: float = 0.02  # seconds
 
 
 @dataclass
