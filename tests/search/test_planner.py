@@ -137,3 +137,25 @@ def test_plan_choice(repository: Repository, monkeypatch: pytest.MonkeyPatch) ->
     # and the default order walks the resource table's key
     plain = last_page_sql([("subject", "Patient/p1")])
     assert "FROM resource r WHERE" in plain and "EXISTS" in plain
+
+
+def test_a_system_and_value_identifier_leads_without_a_count_probe(
+        repository: Repository) -> None:
+    """identifier=system|value names a business key: it leads at once (as _id does), so a
+    conditional write's look-up runs one query; a bare value or a system alone is probed."""
+    service = ResourceService(repository)
+    for body in RESOURCES:
+        service.update(SYSTEM, body["resourceType"], body["id"], body)
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+    def statements(value: str) -> list[str]:
+        recording.log.clear()
+        search.search(SYSTEM, "Encounter", [("identifier", value), ("_total", "none")])
+        return [sql for sql, _ in recording.log]
+
+    keyed = statements("http://example.org/visits|V1")
+    assert not [sql for sql in keyed if sql.startswith("SELECT count")], keyed
+    assert len(keyed) == 1 and "CROSS JOIN resource r" in keyed[0]
+    for loose in ("V1", "http://example.org/visits|"):
+        assert [sql for sql in statements(loose) if sql.startswith("SELECT count")], loose

@@ -119,6 +119,10 @@ def rank(criterion: Criterion) -> int:
         return 99  # never leads: it matches what lacks a value
     if criterion.code == "_id" and criterion.chain is None:
         return 0
+    if (criterion.code == "identifier" and criterion.type == "token" and criterion.chain is None
+            and criterion.modifier is None and criterion.values
+            and all(v.system and v.code for v in criterion.values)):
+        return 0  # system|value: a business key names one resource (no count probe needed)
     if criterion.type == "reference" and criterion.chain is None and criterion.has is None:
         return 1  # a reference to one resource: a patient's rows
     if criterion.code == "identifier" or criterion.modifier in ("identifier", "exact"):
