@@ -176,27 +176,35 @@ def rewrite_references(node: Any, replace: Callable[[str], str | None]) -> Any:
 
     ``Reference.reference`` values are offered to ``replace``, and so is any other string
     value that begins with ``urn:uuid:`` or ``urn:oid:`` (uri/canonical elements), as the
-    transaction rules require (http://hl7.org/fhir/R4/http.html#trules).
+    transaction rules require (http://hl7.org/fhir/R4/http.html#trules). Parsed JSON holds
+    exact types only, so ``type(x) is`` tests stand for ``isinstance`` (this runs on every
+    element of every resource in a bundle).
     """
-    if isinstance(node, dict):
+    kind = type(node)
+    if kind is dict:
         for key, value in node.items():
-            if isinstance(value, str):
-                if key == "reference" or value.startswith(("urn:uuid:", "urn:oid:")):
+            kind = type(value)
+            if kind is str:
+                if key == "reference" or value.startswith(_URN):
                     new = replace(value)
                     if new is not None:
                         node[key] = new
-            elif isinstance(value, dict | list):
+            elif kind is dict or kind is list:
                 rewrite_references(value, replace)
-    elif isinstance(node, list):
+    elif kind is list:
         for index, value in enumerate(node):
-            if isinstance(value, str):
-                if value.startswith(("urn:uuid:", "urn:oid:")):
+            kind = type(value)
+            if kind is str:
+                if value.startswith(_URN):
                     new = replace(value)
                     if new is not None:
                         node[index] = new
-            elif isinstance(value, dict | list):
+            elif kind is dict or kind is list:
                 rewrite_references(value, replace)
     return node
+
+
+_URN = ("urn:uuid:", "urn:oid:")
 
 
 def dumps(resource: Any, pretty: bool = False) -> bytes:
