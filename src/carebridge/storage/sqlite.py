@@ -4,10 +4,19 @@ Each thread gets its own connection (sqlite3 connections are not shared across t
 Write sessions start with ``BEGIN IMMEDIATE`` so writers queue on the database lock up front
 instead of failing when a read lock would have to be upgraded. ``synchronous=FULL`` by default:
 an acknowledged write survives a power cut, not only a process crash.
+
+Writers take turns before they ask SQLite: a lock shared by the threads of a process, then an
+exclusive ``flock`` on a side file (``<database>-writer``) shared by processes. SQLite's own
+busy handler polls a held lock with sleeps growing to 100 ms, so a writer that lost a race
+(the HL7 committer against the audit ledger's writer, an ingest process against the
+monitoring engine) slept long after the lock was free; a blocked ``flock`` is woken by the
+kernel the moment it is released. Readers never wait (WAL).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -138,6 +147,33 @@ class SqliteSession(SqlSession):
         """Nothing to do: a write session holds SQLite's database lock from its start."""
 
 
+class WriterTurns:
+    """Writers of one database file take turns (see the module doc): a thread lock, then an
+    exclusive ``flock`` on ``<database>-writer`` (a blocked ``flock`` releases the GIL)."""
+
+    def __init__(self, database_path: str) -> None:
+        self.path = f"{database_path}-writer"
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._threads:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class SqliteRepository:
     dialect: Literal["sqlite"] = "sqlite"
 
@@ -149,6 +185,7 @@ class SqliteRepository:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.writers = WriterTurns(self.path)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -166,13 +203,23 @@ class SqliteRepository:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[SqliteSession]:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield SqliteSession(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        if not write:
+            conn.execute("BEGIN")
+            try:
+                yield SqliteSession(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        with self.writers.turn():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteSession(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         conn = self._connection()
@@ -185,6 +232,10 @@ class SqliteRepository:
         return int(row[0] or 0)
 
     def migrate(self) -> list[str]:
+        with self.writers.turn():
+            return self._migrate()
+
+    def _migrate(self) -> list[str]:
         conn = self._connection()
         applied: list[str] = []
         conn.execute("BEGIN IMMEDIATE")
@@ -216,5 +267,6 @@ class SqliteRepository:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+        self.writers.close()
 
 
