@@ -281,3 +281,35 @@ def test_a_batch_scores_with_readings_not_stored_yet(ward: Ward) -> None:
     ward.settle()
     [score] = news2_scores(ward)
     assert score["valueInteger"] == 0 and flags(ward) == []
+
+
+def _outbox(ward: Ward) -> list[tuple[str, str]]:
+    with ward.service.repository.session() as session:
+        rows = session.query("SELECT resource_type, resource_id FROM event_outbox ORDER BY id",
+                             ())
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def test_rows_that_lead_to_nothing_are_claimed_later_together_on_sqlite(ward: Ward) -> None:
+    """SQLite has one write lock for every way in: a write that concerns no monitored
+    patient (and no Subscription) is claimed later with others, not by a commit of its own;
+    a reading of a monitored patient is still scored at once and takes them along."""
+    engine = ward.monitoring.engine
+    engine.settings.defer_idle = 0.0
+    engine.process_once()  # the ward's own Patient and Device: claimed now
+    assert _outbox(ward) == []
+    engine.settings.defer_idle = 3600.0  # only a reading (or the size limit) claims them
+    unmonitored = ward.add_patient()
+    ward.settle()
+    sqlite = ward.service.repository.dialect == "sqlite"
+    assert (_outbox(ward) == [("Patient", unmonitored)]) is sqlite
+    assert engine.process_once() == 0  # judged once, not again
+    send(ward, hr=140, rr=26)
+    ward.settle()
+    assert news2_scores(ward)  # scored at once
+    left = _outbox(ward)
+    assert ("Patient", unmonitored) not in left  # claimed with the reading's batch
+    assert all(rtype in ("Observation", "Flag") for rtype, _ in left)  # its own outputs
+    engine.settings.defer_idle = 0.0
+    engine.process_once()
+    assert _outbox(ward) == []

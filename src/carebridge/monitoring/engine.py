@@ -76,6 +76,12 @@ class EngineSettings:
     # Writes of other processes (ingest workers, other API servers) wake nothing here: the
     # outbox is also looked at this often (a read-only peek, no write lock).
     poll: float = 0.02  # seconds
+    # SQLite: outbox rows that lead to nothing (no reading of a monitored patient, no
+    # Subscription at work) are claimed later, together, at most this long or this many
+    # after the first (each claim is a durable commit holding the one write lock the
+    # writers of every way in share); rows that matter are handled at once, as before.
+    defer_idle: float = 2.0  # seconds
+    defer_max: int = 5000  # rows
 
 
 @dataclass
@@ -107,6 +113,10 @@ class MonitoringEngine(BackgroundWorker):
         # bodies need not be read again (they hold no readings) unless a Subscription may
         # match them. Bounded: ids another process claimed are forgotten wholesale.
         self._scores: set[str] = set()
+        # SQLite: judged rows that led to nothing, not yet claimed (see EngineSettings), in
+        # id order; the next peek starts after the last (SQLite commits ids in order).
+        self._deferred: list[int] = []
+        self._deferred_since = 0.0
         service.events.subscribe(self._on_events)
 
     # ------------------------------------------------------------------ running
@@ -206,15 +216,29 @@ class MonitoringEngine(BackgroundWorker):
         monitored = self.monitored()
         self.subscriptions.refresh()
         self.service.policy.authorize(MONITOR, Action.CREATE, "Observation")
+        after = self._deferred[-1] if self._deferred else 0
         with self.service.repository.session() as snapshot:
-            peeked = peek(snapshot, self.dialect, self.settings.batch)
-            if not peeked:
-                return 0
-            judged = self._judge(snapshot, [c for _, c in peeked], rules, monitored)
+            peeked = peek(snapshot, self.dialect, self.settings.batch, after)
+            judged = self._judge(snapshot, [c for _, c in peeked], rules,
+                                 monitored) if peeked else None
+        if judged is None:
+            if self._deferred and self._deferral_due():
+                self._claim_deferred()
+            return 0
+        if self.dialect == "sqlite" and self._leads_to_nothing(judged):
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.extend(row_id for row_id, _ in peeked)
+            self._forget(judged.changed)
+            if self._deferral_due():
+                self._claim_deferred()
+            return len(peeked)
         changed: list[ResourceChanged] = []
+        deferred = list(self._deferred)
 
         def work(session: Session, pending: PendingWrites) -> int:
             verdict = judged
+            claim_ids(session, self.dialect, deferred)  # they ride along
             taken = claim_ids(session, self.dialect, [row_id for row_id, _ in peeked])
             changed[:] = [c for _, c in peeked]
             if len(taken) < len(peeked):  # another engine took some: judge here instead
@@ -225,13 +249,35 @@ class MonitoringEngine(BackgroundWorker):
             return len(changed)
 
         handled = self.service.run_write(work, retry=True)
+        del self._deferred[:len(deferred)]
+        self._forget(changed)
+        return handled
+
+    def _forget(self, changed: Sequence[ResourceChanged]) -> None:
+        """Drop what ``changed`` makes stale: own score ids, the rules and monitored caches,
+        the live Subscriptions."""
         self._scores.difference_update(c.resource_id for c in changed)
         if any(c.resource_type in ("Basic", "CarePlan", "Device") for c in changed):
             self._rules = None
             self._monitored = None
         if any(c.resource_type == "Subscription" for c in changed):
             self.subscriptions.invalidate()
-        return handled
+
+    def _leads_to_nothing(self, verdict: Judgement) -> bool:
+        """Nothing to store for this batch but the claim itself: no reading of a monitored
+        patient, no Subscription at work or changed."""
+        return not (verdict.readings or verdict.staged.writes or verdict.alerts
+                    or self.subscriptions.active
+                    or any(c.resource_type == "Subscription" for c in verdict.changed))
+
+    def _deferral_due(self) -> bool:
+        return (len(self._deferred) >= self.settings.defer_max
+                or time.monotonic() - self._deferred_since >= self.settings.defer_idle)
+
+    def _claim_deferred(self) -> None:
+        deferred = list(self._deferred)
+        self.service.run_write(lambda s, p: claim_ids(s, self.dialect, deferred), retry=True)
+        del self._deferred[:len(deferred)]
 
     def _judge(self, session: Session, changed: list[ResourceChanged],
                rules: dict[str, list[Rule]], monitored: frozenset[str]) -> Judgement:
@@ -365,10 +411,12 @@ class MonitoringEngine(BackgroundWorker):
                 f"Basic/{rule.rule_id}"), moment)
 
 
-def peek(session: Session, dialect: str, limit: int) -> list[tuple[int, ResourceChanged]]:
-    """The oldest ``limit`` outbox rows, left in place (see ``claim_ids``)."""
+def peek(session: Session, dialect: str, limit: int,
+         after: int = 0) -> list[tuple[int, ResourceChanged]]:
+    """The oldest ``limit`` outbox rows (with ids above ``after``), left in place (see
+    ``claim_ids``)."""
     rows = run(session, dialect, "SELECT id, resource_type, resource_id, version, method FROM"
-               " event_outbox ORDER BY id LIMIT ?", (limit,))
+               " event_outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
     return [(int(r[0]), ResourceChanged(r[1], r[2], int(r[3]), r[4])) for r in rows]
 
 
