@@ -162,3 +162,18 @@ def test_reissued_secret_is_seen_by_another_process(ward: Ward) -> None:
     assert here.verify(ward.device_id, new)
     assert not here.verify(ward.device_id, ward.secret)  # the replaced secret is refused
     assert not here.verify(ward.device_id, "x" + new)
+
+
+def test_reading_ids_are_deterministic_and_ordered_by_the_reading_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from carebridge.fhir.resource import ID_PATTERN
+    from carebridge.monitoring.vitals import reading_id
+
+    at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    first = reading_id("dev-1", "8867-4", at)
+    assert first == reading_id("dev-1", "8867-4", at.astimezone())  # same instant, any zone
+    assert ID_PATTERN.fullmatch(first) and len(first) == 40
+    assert first != reading_id("dev-2", "8867-4", at) != reading_id("dev-1", "9279-1", at)
+    later = [reading_id("dev-9", "8867-4", at + timedelta(seconds=s)) for s in range(1, 50)]
+    assert sorted(later) == later and first < later[0]
