@@ -14,6 +14,7 @@ from carebridge.config import Settings
 from carebridge.events.outbox import OutboxRepository
 from carebridge.ingest.hl7v2.listener import MllpSettings, attach_listener
 from carebridge.monitoring.runtime import Monitoring, MonitoringSettings
+from carebridge.monitoring.workers import attach_workers
 from carebridge.security.authority import Authority
 from carebridge.security.crypto import cipher_of, open_data_repository
 from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
@@ -48,11 +49,19 @@ class Application:
     monitoring: Monitoring | None = None
 
 
-def build_application(settings: Settings) -> Application:
-    if settings.insecure_dev and not is_loopback(settings.host):
-        raise InsecureRefused(
-            f"--insecure-dev turns authentication off and is only allowed on a loopback"
-            f" address, not {settings.host!r}")
+@dataclass
+class Stores:
+    """What every process of a deployment opens the same way: the (encrypted, outbox)
+    repository, the access policy, the Authority (tokens, audit ledger; None with
+    ``--insecure-dev``) and the validating resource service."""
+
+    repository: Repository
+    authority: Authority | None
+    policy: AccessPolicy
+    service: ResourceService
+
+
+def build_stores(settings: Settings) -> Stores:
     # Resource bodies and history are encrypted at rest when a master key is configured
     # (security.crypto); every write also fills the transactional outbox the monitoring
     # engine consumes.
@@ -65,7 +74,6 @@ def build_application(settings: Settings) -> Application:
     if settings.insecure_dev:
         log.warning("AUTHENTICATION IS OFF (--insecure-dev): every request may do anything")
         policy = AllowAll()
-        security = ApiSecurity(insecure=True)
     else:
         external: tuple[ExternalIssuer, ...] = ()
         if settings.oidc_issuer and settings.oidc_jwks_url:
@@ -73,11 +81,22 @@ def build_application(settings: Settings) -> Application:
                                        settings.oidc_audience or settings.base_url + "/fhir"),)
         authority = Authority.open(repository, settings.base_url, external=external)
         policy = SmartPolicy()
-        security = ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
-                               cors_origins=settings.cors_origins)
     validation = WriteValidation(repository, settings.validation)
     validation.warm_up()
     service = ResourceService(repository, policy=policy, validation=validation)
+    return Stores(repository, authority, policy, service)
+
+
+def build_application(settings: Settings) -> Application:
+    if settings.insecure_dev and not is_loopback(settings.host):
+        raise InsecureRefused(
+            f"--insecure-dev turns authentication off and is only allowed on a loopback"
+            f" address, not {settings.host!r}")
+    stores = build_stores(settings)
+    repository, authority, service = stores.repository, stores.authority, stores.service
+    security = (ApiSecurity(insecure=True) if authority is None else
+                ApiSecurity(authority=authority, tls=bool(settings.tls_cert),
+                            cors_origins=settings.cors_origins))
     monitoring = None
     if settings.monitoring:
         monitoring = Monitoring(service, MonitoringSettings(mqtt_url=settings.mqtt_url))
@@ -92,4 +111,6 @@ def build_application(settings: Settings) -> Application:
             settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
             settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key),
             ledger=authority.ledger if authority else None)  # audited unless --insecure-dev
+    if settings.mqtt_workers and settings.mqtt_url and settings.monitoring:
+        attach_workers(asgi, settings, settings.mqtt_workers)  # more MQTT ingest processes
     return Application(settings, repository, service, asgi, authority, monitoring)

@@ -71,6 +71,10 @@ def _serve(settings: Settings) -> None:
         f"[bold green]carebridge[/] FHIR R4 at {scheme}://{settings.host}:{settings.port}/fhir"
         f"  (database: {_redact(settings.database_url)})"
     )
+    if settings.mqtt_url:
+        console.print(f"  MQTT device ingest from {settings.mqtt_url}"
+                      + (f" ({settings.mqtt_workers} more ingest processes)"
+                         if settings.mqtt_workers else ""))
     if settings.mllp_port is not None:
         console.print(f"  HL7 v2 over MLLP{' with TLS' if settings.mllp_tls_cert else ''} at"
                       f" {settings.host}:{settings.mllp_port}")
@@ -117,6 +121,10 @@ MllpPlaintext = Annotated[bool, typer.Option(
 
 Mqtt = Annotated[str | None, typer.Option(
     "--mqtt", envvar="CAREBRIDGE_MQTT", help="MQTT broker for device readings, mqtt://host:port")]
+MqttWorkers = Annotated[int, typer.Option(
+    "--mqtt-workers", envvar="CAREBRIDGE_MQTT_WORKERS", min=0,
+    help="more processes that only ingest MQTT readings (one per spare core; "
+         "docs/monitoring.md)")]
 
 
 ValidationMode = Annotated[str, typer.Option(
@@ -150,7 +158,7 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           tls_cert: TlsCert = None, tls_key: TlsKey = None,
           cors_origin: CorsOrigin = None, mqtt: Mqtt = None,
           mllp_tls_cert: MllpTlsCert = None, mllp_tls_key: MllpTlsKey = None,
-          mllp_plaintext: MllpPlaintext = False) -> None:
+          mllp_plaintext: MllpPlaintext = False, mqtt_workers: MqttWorkers = 0) -> None:
     """Run the FHIR server (bearer tokens required; see docs/security.md).
 
     With a certificate (--tls-cert), HTTP and MLLP both use TLS; --mllp-tls-cert gives MLLP
@@ -162,11 +170,28 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
             raise typer.BadParameter("--mllp-plaintext contradicts --mllp-tls-cert",
                                      param_hint="--mllp-plaintext")
         mllp_tls_key = None
-    _serve(Settings(validation=_validation_mode(validation),
+    if mqtt_workers and not mqtt:
+        raise typer.BadParameter("needs --mqtt", param_hint="--mqtt-workers")
+    _serve(Settings(validation=_validation_mode(validation), mqtt_workers=mqtt_workers,
                     mllp_port=mllp_port, mqtt_url=mqtt, mllp_tls_cert=mllp_tls_cert,
                     mllp_tls_key=mllp_tls_key,
                     database_url=database, host=host, port=port, **security_settings(
         insecure_dev, public_url, tls_cert, tls_key, cors_origin)))
+
+
+@app.command("mqtt-worker", hidden=True)
+def mqtt_worker(database: Database = DEFAULT_DATABASE_URL, mqtt: Mqtt = None,
+                index: Annotated[int, typer.Option(min=0)] = 0,
+                validation: ValidationMode = "strict",
+                insecure_dev: InsecureDev = False) -> None:
+    """One MQTT ingest process (``serve --mqtt-workers`` starts these; monitoring/workers.py)."""
+    from carebridge.monitoring.workers import run_worker
+
+    if not mqtt:
+        raise typer.BadParameter("needs --mqtt", param_hint="--mqtt")
+    run_worker(Settings(database_url=database, mqtt_url=mqtt,
+                        validation=_validation_mode(validation),
+                        **security_settings(insecure_dev)), index)
 
 
 @app.command()

@@ -23,6 +23,7 @@ class Settings:
     mllp_tls_key: str | None = None
     # Remote monitoring (docs/monitoring.md): MQTT device ingest when set (mqtt://host:port).
     mqtt_url: str | None = None
+    mqtt_workers: int = 0  # more processes that only ingest MQTT (monitoring/workers.py)
     monitoring: bool = True
     # Security (docs/security.md). Authentication is on unless insecure_dev, which is
     # refused on anything but a loopback address.

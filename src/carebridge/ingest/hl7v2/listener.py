@@ -23,13 +23,11 @@ ledger's writer thread stores the events in batches).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.applications import Starlette
 
+from carebridge.api.lifespan import extend_lifespan
 from carebridge.ingest.hl7v2.committer import GroupCommitter
 from carebridge.ingest.hl7v2.errors import MessageRejected
 from carebridge.ingest.hl7v2.mllp import DEFAULT_MAX_FRAME, MllpServer, peer_address
@@ -111,16 +109,5 @@ def attach_listener(asgi: Starlette, service: ResourceService, settings: MllpSet
     """Run an :class:`Hl7Listener` inside ``asgi``'s lifespan (see module doc); it stops
     before the application's own shutdown flushes ``ledger``."""
     listener = Hl7Listener(service, settings, cipher, ledger)
-    original: Callable[[Any], AbstractAsyncContextManager[Any]] = asgi.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[Any]:
-        async with original(app) as state:
-            await listener.start()
-            try:
-                yield state
-            finally:
-                await listener.stop()
-
-    asgi.router.lifespan_context = lifespan
+    extend_lifespan(asgi, listener.start, listener.stop)
     return listener

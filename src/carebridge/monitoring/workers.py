@@ -1,0 +1,122 @@
+"""Extra MQTT ingest processes: ``carebridge serve --mqtt --mqtt-workers N``.
+
+One Python process runs Python code on one core at a time, and storing a device reading
+(validation, search index, history, outbox) costs most of what a core has at the rates
+wards produce. ``--mqtt-workers N`` starts N more processes (``carebridge mqtt-worker``,
+children of the server) that each run a device gateway and an MQTT client in the same
+shared subscription as the server's own (``$share/carebridge/...``): the broker spreads
+the messages over all of them. They store readings exactly as the server does (same
+validation, credentials, durable dedup, outbox, audit), and the server's monitoring engine
+scores them from the outbox, so NEWS2, rules, alerts and the SSE stream stay in one place.
+
+On SQLite the processes take turns for the one write lock (``storage.sqlite.WriterTurns``);
+what runs in parallel is everything before it. Workers are stopped (SIGTERM, then their
+MQTT sessions end cleanly) before the server's own shutdown; one that dies is not restarted
+here (its unacknowledged messages go to the others: QoS 1 with PUBACK after commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+from starlette.applications import Starlette
+
+from carebridge.api.lifespan import extend_lifespan
+from carebridge.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_prefix() -> str:
+    return os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or f"carebridge-{socket.gethostname()}"
+
+
+def run_worker(settings: Settings, index: int) -> None:
+    """Run one ingest process until SIGTERM/SIGINT (``carebridge mqtt-worker``)."""
+    from carebridge.app import build_stores
+    from carebridge.ingest.devices.credentials import DeviceCredentials
+    from carebridge.ingest.devices.gateway import DeviceGateway
+    from carebridge.ingest.devices.mqtt import MqttIngest
+
+    if not settings.mqtt_url:
+        raise ValueError("an MQTT ingest worker needs --mqtt")
+    stores = build_stores(settings)
+    gateway = DeviceGateway(stores.service, DeviceCredentials(stores.repository),
+                            ledger=stores.authority.ledger if stores.authority else None)
+    ingest = MqttIngest(gateway, settings.mqtt_url, client_id=f"{client_prefix()}-w{index}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if stores.authority is not None:
+        stores.authority.start()
+    gateway.start()
+    ingest.start()
+    if ingest.connected.wait(60):  # subscribed: the broker sends this process its share
+        print(f"mqtt-worker {index} ready", flush=True)
+    try:
+        stop.wait()
+    finally:
+        ingest.stop()  # leave the shared group first, so the broker feeds the others
+        gateway.stop()
+        if stores.authority is not None:
+            stores.authority.close()  # flushes the audit ledger
+        stores.repository.close()
+
+
+class WorkerProcesses:
+    """The server's ``--mqtt-workers``: started with the application, stopped before it."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def command(self, index: int) -> list[str]:
+        s = self.settings
+        assert s.mqtt_url is not None
+        command = [sys.executable, "-m", "carebridge", "mqtt-worker", "--index", str(index),
+                   "--database", s.database_url, "--mqtt", s.mqtt_url,
+                   "--validation", s.validation]
+        return [*command, "--insecure-dev"] if s.insecure_dev else command
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        if self.settings.master_key_file:  # the workers open the store with the same key
+            env["CAREBRIDGE_MASTER_KEY_FILE"] = self.settings.master_key_file
+        env["CAREBRIDGE_MQTT_CLIENT_ID"] = client_prefix()
+        for index in range(self.count):
+            self.processes.append(subprocess.Popen(self.command(index), env=env))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("MQTT ingest worker %d did not stop; killing it", process.pid)
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def attach_workers(asgi: Starlette, settings: Settings, count: int) -> WorkerProcesses:
+    """Run :class:`WorkerProcesses` inside ``asgi``'s lifespan."""
+    workers = WorkerProcesses(settings, count)
+
+    async def start() -> None:
+        workers.start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(workers.stop)  # waits for the children to leave cleanly
+
+    extend_lifespan(asgi, start, stop)
+    return workers
