@@ -43,7 +43,15 @@ def test_interactions_and_denials_are_audited(secured: Secured) -> None:
     assert {"reference": f"Patient/{pid}"} in [x["what"] for x in read["entity"]]
     search = next(e for e in events if e["subtype"][0]["code"] == "search-type")
     assert base64.b64decode(search["entity"][0]["query"]) == b"code=1234-5"
+    # purpose of use: the role's usual one when the token names none (v3-ActReason)
+    assert read["purposeOfEvent"] == [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}]
+    denied = next(e for e in events if e["subtype"][0]["code"] == "read"
+                  and e["outcome"] == "4" and e["agent"][0]["who"]["identifier"]["value"]
+                  != "anonymous")
+    assert denied["purposeOfEvent"][0]["coding"][0]["code"] == "HOPERAT"  # the admin's
     anonymous = [e for e in events if e.get("outcomeDesc") == "no valid access token"]
+    assert "purposeOfEvent" not in anonymous[0]
     assert anonymous and anonymous[0]["agent"][0]["who"]["identifier"]["value"] == "anonymous"
     # auditors search by patient through the FHIR API
     about = _events(secured, patient=pid)

@@ -153,6 +153,7 @@ def test_each_hl7v2_message_is_audited_with_feed_peer_message_and_outcome(
         assert event["type"]["code"] == "110107" and event["action"] == "C"
         assert event["agent"][0]["network"] == {"address": "127.0.0.1", "type": "2"}
         assert event["agent"][0]["role"] == [{"text": "interface"}]
+        assert event["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"  # the feed's role
 
     def by_control_id(control_id: str) -> list[dict[str, Any]]:
         return [e for e in events if details(e["entity"][0])["MSH-10"] == control_id]
@@ -333,6 +334,7 @@ def test_cli_import_records_one_event_per_file(database_url: str, tmp_path: Path
     loaded, refused = by_file[str(good)], by_file[str(bad)]
     assert who(loaded) == cli_operator() and loaded["outcome"] == "0"
     assert loaded["type"]["code"] == "110107" and loaded["action"] == "C"
+    assert loaded["purposeOfEvent"][0]["coding"][0]["code"] == "RECORDMGT"
     counts = details(loaded["entity"][0])
     assert counts and all(int(n) > 0 for n in counts.values()) and "Organization" in counts
     assert refused["outcome"] == "4" and refused["outcomeDesc"] == "not loaded (400)"
@@ -364,6 +366,7 @@ def test_hl7v2_replay_is_audited_with_the_operator(database_url: str) -> None:
     feed = event["agent"][1]
     assert feed["who"]["identifier"]["value"] == "hl7v2:ADT1" and feed["requestor"] is False
     assert event["outcome"] == "4" and f"#{queued.id}" in event["outcomeDesc"]
+    assert event["purposeOfEvent"][0]["coding"][0]["code"] == "RECORDMGT"
     assert details(event["entity"][0])["MSH-10"] == "R-40"
 
 
@@ -392,6 +395,7 @@ def test_security_administration_is_audited(database_url: str) -> None:
         ("110137", "U", "4", "nobody"),
         ("110129", "C", "0", "chart"), ("110129", "U", "0", "signing and data keys")])
     assert all(who(e) == cli_operator() for e in events)
+    assert {e["purposeOfEvent"][0]["coding"][0]["code"] for e in events} == {"SYSADMN"}
     text = orjson.dumps(events).decode()
     assert password not in text and "TOTP secret:" not in text
 

@@ -295,3 +295,32 @@ def test_login_brute_force_is_stopped(secured: Secured, setup: dict[str, Any]) -
     # and the account itself is locked: the right password no longer works
     with pytest.raises(Exception, match="Login failed"):
         secured.authority.users.authenticate("ada", PASSWORD, None)
+
+
+def test_a_token_carries_the_purpose_of_use_its_client_asked_for(
+        secured: Secured, backend: dict[str, Any]) -> None:
+    """``purpose_of_use`` at the token endpoint (a v3-ActReason code) goes into the token and
+    into every AuditEvent made with it; an unknown code is refused."""
+    def token(purpose: str) -> Any:
+        return secured.client.post("/oauth/token", data={
+            "grant_type": "client_credentials", "scope": "system/Observation.rs",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": _assertion(backend["ec"], "ES384"),
+            "purpose_of_use": purpose})
+
+    refused = token("SNOOPING")
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+    reply = token("ETREAT")
+    assert reply.status_code == 200, reply.text
+    access = reply.json()["access_token"]
+    assert secured.authority.verifier.verify(access).purpose == "ETREAT"
+    assert secured.client.get("/fhir/Observation", headers={
+        "Authorization": f"Bearer {access}"}).status_code == 200
+    secured.authority.ledger.flush()
+    auditor = secured.headers("user/*.rs", {"auditor"})
+    events = secured.client.get("/fhir/AuditEvent", params={"subtype": "search-type"},
+                                headers=auditor).json()["entry"]
+    codes = [e["resource"].get("purposeOfEvent", [{}])[0].get("coding", [{}])[0].get("code")
+             for e in events if e["resource"]["agent"][0]["who"]["identifier"]["value"]
+             == "lab-feed"]
+    assert codes == ["ETREAT"]

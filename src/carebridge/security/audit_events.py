@@ -44,6 +44,7 @@ from typing import Any
 
 from carebridge.fhir.resource import format_instant, new_id, now_instant
 from carebridge.security.policy import Caller
+from carebridge.security.roles import PURPOSE_SYSTEM, default_purpose
 
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "RESTful Operation"}
@@ -113,9 +114,7 @@ def rest_event(interaction: str, status: int, caller: Caller | None, *, address:
     if status >= 400 or detail:
         event["outcomeDesc"] = detail or f"HTTP {status}"
     if caller is not None and caller.purpose:
-        event["purposeOfEvent"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-            "code": caller.purpose}]}]
+        event["purposeOfEvent"] = purpose_of_event(caller.purpose)
     event["agent"] = _agents(
         caller.subject if caller else None, caller.client_id if caller else None, address,
         caller.fhir_user if caller else None, caller.roles if caller else frozenset())
@@ -166,18 +165,25 @@ def cli_operator() -> str:
 
 def _event(event_type: dict[str, str], subtype: list[dict[str, str]], action: str,
            outcome: str, detail: str, agents: list[dict[str, Any]], observer: str,
-           entities: list[dict[str, Any]]) -> dict[str, Any]:
+           entities: list[dict[str, Any]], purpose: str | None = None) -> dict[str, Any]:
     event: dict[str, Any] = {
         "resourceType": "AuditEvent", "id": new_id(), "type": event_type, "subtype": subtype,
         "action": action, "recorded": format_instant(now_instant()), "outcome": outcome,
     }
     if detail:
         event["outcomeDesc"] = detail
+    if purpose:
+        event["purposeOfEvent"] = purpose_of_event(purpose)
     event["agent"] = agents
     event["source"] = {"observer": {"display": observer}}
     if entities:
         event["entity"] = entities
     return event
+
+
+def purpose_of_event(code: str) -> list[dict[str, Any]]:
+    """``AuditEvent.purposeOfEvent`` for a v3-ActReason purpose of use code."""
+    return [{"coding": [{"system": PURPOSE_SYSTEM, "code": code}]}]
 
 
 def _channel(code: str) -> dict[str, str]:
@@ -240,7 +246,7 @@ def hl7v2_event(caller: Caller, *, address: str | None, message_code: str,
                                                  "value": operator}}, "requestor": True})
     return _event(_IMPORT, subtype, "C", hl7v2_outcome(ack_code, condition), detail, agents,
                   "carebridge hl7 replay" if operator else "carebridge HL7 v2 listener",
-                  entities)
+                  entities, "RECORDMGT" if operator else default_purpose(caller.roles))
 
 
 def device_event(caller: Caller, device_id: str, patient_id: str | None, *, channel: str,
@@ -263,7 +269,7 @@ def device_event(caller: Caller, device_id: str, patient_id: str | None, *, chan
     return _event(_IMPORT, [_channel(f"device-{channel}"), {"system": CHANNEL, "code": kind}],
                   "C", outcome_of(status), detail,
                   _agents(caller.subject, None, address, None, caller.roles),
-                  "carebridge device gateway", entities)
+                  "carebridge device gateway", entities, default_purpose(caller.roles))
 
 
 def import_event(operator: str, source: str, resources: Mapping[str, int], *, status: int,
@@ -274,7 +280,8 @@ def import_event(operator: str, source: str, resources: Mapping[str, int], *, st
     if resources:
         entity["detail"] = _details(dict(sorted(resources.items())))
     return _event(_IMPORT, [_channel("cli-import")], "C", outcome_of(status), detail,
-                  _agents(operator, None, None, None), "carebridge command line", [entity])
+                  _agents(operator, None, None, None), "carebridge command line", [entity],
+                  "RECORDMGT")
 
 
 def admin_event(change: dict[str, str], action: str, operator: str, target: str, *,
@@ -287,4 +294,5 @@ def admin_event(change: dict[str, str], action: str, operator: str, target: str,
               "type": _PERSON if target_kind == "user" else _SYSTEM_OBJECT,
               "role": _SECURITY_USER if target_kind != "key" else _SECURITY_RESOURCE}
     return _event(_SECURITY_ALERT, [change], action, "0" if ok else "4", detail,
-                  _agents(operator, None, None, None), "carebridge command line", [entity])
+                  _agents(operator, None, None, None), "carebridge command line", [entity],
+                  "SYSADMN")

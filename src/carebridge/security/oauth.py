@@ -182,6 +182,10 @@ class AuthorizationServer:
     # ---------------------------------------------------------------- token
 
     def token(self, form: dict[str, str], basic: tuple[str, str] | None) -> dict[str, Any]:
+        purpose = form.get("purpose_of_use")
+        if purpose is not None and purpose not in R.REQUESTABLE_PURPOSES:
+            raise OAuthError("invalid_request", "purpose_of_use must be a v3-ActReason purpose"
+                             " of use code (e.g. TREAT, ETREAT, HOPERAT, PATRQT)")
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
             return self._code_grant(form, basic)
@@ -219,7 +223,7 @@ class AuthorizationServer:
                 _s256(verifier), data["challenge"]):
             self.audit("token", "4", data["username"], client.client_id, "PKCE mismatch")
             raise OAuthError("invalid_grant", "PKCE verification failed")
-        return self._issue(client, data, family)
+        return self._issue(client, data, family, form.get("purpose_of_use"))
 
     def _refresh_grant(self, form: dict[str, str],
                        basic: tuple[str, str] | None) -> dict[str, Any]:
@@ -236,14 +240,15 @@ class AuthorizationServer:
         user = self.users.get(data["username"])
         if user is None or user.disabled:
             raise OAuthError("invalid_grant", "The user is no longer active")
-        return self._issue(client, data, family)
+        return self._issue(client, data, family, form.get("purpose_of_use"))
 
-    def _issue(self, client: Client, data: dict[str, Any], family: str) -> dict[str, Any]:
+    def _issue(self, client: Client, data: dict[str, Any], family: str,
+               purpose: str | None = None) -> dict[str, Any]:
         scope = split_scope(data["scope"])
         issued = self.issuer.issue(
             subject=data["username"], client_id=client.client_id, scope=data["scope"],
             roles=frozenset(data["roles"]), patient=data.get("patient"),
-            fhir_user=data.get("fhir_user"))
+            fhir_user=data.get("fhir_user"), purpose=purpose)
         reply: dict[str, Any] = {
             "access_token": issued.token, "token_type": "Bearer",
             "expires_in": self.issuer.lifetime, "scope": data["scope"]}
@@ -308,7 +313,8 @@ class AuthorizationServer:
         if not scope:
             raise OAuthError("invalid_scope", "No requested scope is allowed for this client")
         issued = self.issuer.issue(subject=client.client_id, client_id=client.client_id,
-                                   scope=" ".join(sorted(scope)), roles=client.roles)
+                                   scope=" ".join(sorted(scope)), roles=client.roles,
+                                   purpose=form.get("purpose_of_use"))
         self.audit("token", "0", client.client_id, client.client_id, "client_credentials")
         return {"access_token": issued.token, "token_type": "Bearer",
                 "expires_in": self.issuer.lifetime, "scope": " ".join(sorted(scope))}

@@ -75,3 +75,24 @@ def role_allows(roles: Iterable[str], resource_type: str | None, operation: str)
             elif resource_type is not None and resource_type in types:
                 return True
     return False
+
+
+# Purpose of use (v3-ActReason, PurposeOfUse branch; the codes as in the official R4 package)
+# for the audit trail: a token may carry one its client asked for (``purpose_of_use`` at the
+# token endpoint: e.g. ETREAT or BTG for emergency access); otherwise the role's usual one.
+PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+REQUESTABLE_PURPOSES = frozenset({
+    "TREAT", "ETREAT", "BTG", "ERTREAT", "HOPERAT", "CAREMGT", "HCOMPL", "HQUALIMP",
+    "HSYSADMIN", "RECORDMGT", "HPAYMT", "HRESCH", "CLINTRCH", "PATRQT", "FAMRQT", "PWATRNY",
+    "SUPNWK", "PUBHLTH", "SYSADMN",
+})
+_ROLE_PURPOSE = (  # the first role a caller has decides
+    (PHYSICIAN, "TREAT"), (NURSE, "TREAT"), (INTERFACE, "TREAT"), (DEVICE, "TREAT"),
+    (PATIENT, "PATRQT"), (AUDITOR, "HCOMPL"), (ADMIN, "HOPERAT"), (BACKEND, "HOPERAT"),
+    (SYSTEM_ROLE, "HOPERAT"),
+)
+
+
+def default_purpose(roles: frozenset[str]) -> str | None:
+    """The purpose of use a caller's role implies (None for a caller with no known role)."""
+    return next((purpose for role, purpose in _ROLE_PURPOSE if role in roles), None)

@@ -31,6 +31,7 @@ from joserfc.jwk import KeySet
 from carebridge.fhir.errors import Unauthorized
 from carebridge.security.keys import ALGORITHM, SigningKeys
 from carebridge.security.policy import Caller
+from carebridge.security.roles import REQUESTABLE_PURPOSES, default_purpose
 from carebridge.security.scopes import split_scope
 from carebridge.security.store import SecurityStore, now
 
@@ -61,7 +62,8 @@ class TokenIssuer:
         self.keys, self.issuer, self.audience, self.lifetime = keys, issuer, audience, lifetime
 
     def issue(self, *, subject: str, client_id: str, scope: str, roles: frozenset[str],
-              patient: str | None = None, fhir_user: str | None = None) -> IssuedToken:
+              patient: str | None = None, fhir_user: str | None = None,
+              purpose: str | None = None) -> IssuedToken:
         moment = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": subject, "aud": self.audience, "iat": moment,
@@ -72,6 +74,8 @@ class TokenIssuer:
             claims["patient"] = patient
         if fhir_user:
             claims["fhirUser"] = fhir_user
+        if purpose:
+            claims["purpose_of_use"] = purpose
         key = self.keys.signing_key()
         token = jwt.encode({"alg": ALGORITHM, "typ": "JWT", "kid": key.kid}, claims, key,
                            algorithms=[ALGORITHM])
@@ -172,15 +176,18 @@ class TokenVerifier:
         if isinstance(scope, list):
             scope = " ".join(str(s) for s in scope)
         patient = claims.get("patient")
+        granted = frozenset(str(r) for r in roles if isinstance(r, str))
+        purpose = claims.get("purpose_of_use")
         caller = Caller(
             subject=subject if external is None else f"{issuer}#{subject}",
             client_id=str(claims.get("client_id") or claims.get("azp") or "") or None,
-            roles=frozenset(str(r) for r in roles if isinstance(r, str)),
+            roles=granted,
             scopes=split_scope(str(scope)),
             remote_addr=remote_addr,
             patient=patient if isinstance(patient, str) else None,
             fhir_user=claims.get("fhirUser") if isinstance(claims.get("fhirUser"), str) else None,
             token_id=str(claims.get("jti") or "") or None,
+            purpose=purpose if purpose in REQUESTABLE_PURPOSES else default_purpose(granted),
         )
         return caller, float(exp)
 
