@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -92,7 +93,7 @@ class LiveServer:
         self.socket.close()
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> object:
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

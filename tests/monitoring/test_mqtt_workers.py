@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from tests.monitoring.support import wait_for
 
 from carebridge.ingest.devices.credentials import DeviceCredentials
 from carebridge.security.audit import verify_ledger
@@ -26,17 +25,6 @@ from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
 from carebridge.services.search import SearchService
 from carebridge.testing import ServerProcess, ThrowawayMosquitto
-
-
-def _wait(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def _provision(database_url: str) -> tuple[str, str, str]:
@@ -92,9 +80,9 @@ def test_a_worker_process_stores_and_audits_mqtt_readings(
             assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "mqtt-worker 0 ready"  # subscribed
             _publish(mosquitto_server, device, secret, 5)
-            stored = _wait(lambda: len(found := _search(
+            stored = wait_for(lambda: len(found := _search(
                 database_url, "Observation", subject=f"Patient/{patient}",
-                code="http://loinc.org|8867-4")) == 5 and found)
+                code="http://loinc.org|8867-4")) == 5 and found, 30)
             assert {o["device"]["reference"] for o in stored} == {f"Device/{device}"}
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -125,14 +113,14 @@ def test_serve_starts_and_stops_its_mqtt_workers(tmp_path: Path,
     os.environ.setdefault("CAREBRIDGE_MQTT_CLIENT_ID", f"serve-test-{uuid.uuid4().hex[:8]}")
     with ServerProcess(database_url, extra_args=("--mqtt", mosquitto_server.url,
                                                  "--mqtt-workers", "2")) as server:
-        workers = _wait(lambda: [c for c in _children(server.pid) if b"mqtt-worker" in
+        workers = wait_for(lambda: [c for c in _children(server.pid) if b"mqtt-worker" in
                                  Path(f"/proc/{c}/cmdline").read_bytes()])
         assert len(workers) == 2  # the server's own MQTT client shares the load with them
         _publish(mosquitto_server, device, secret, 12)
-        _wait(lambda: len(_search(database_url, "Observation", subject=f"Patient/{patient}",
+        wait_for(lambda: len(_search(database_url, "Observation", subject=f"Patient/{patient}",
                                   code="http://loinc.org|8867-4")) == 12)
         # scored by the server's engine whichever process stored the readings
-        _wait(lambda: _search(database_url, "Observation", subject=f"Patient/{patient}",
+        wait_for(lambda: _search(database_url, "Observation", subject=f"Patient/{patient}",
                               code="http://snomed.info/sct|1104051000000101"))
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -203,17 +203,8 @@ class SqliteRepository:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[SqliteSession]:
         conn = self._connection()
-        if not write:
-            conn.execute("BEGIN")
-            try:
-                yield SqliteSession(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return
-        with self.writers.turn():
-            conn.execute("BEGIN IMMEDIATE")
+        with self.writers.turn() if write else nullcontext():
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield SqliteSession(conn)
             except BaseException:
