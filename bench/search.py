@@ -81,6 +81,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from carebridge.search.aliases import restricted
 from carebridge.testing import ServerProcess, ThrowawayPostgres, find_postgres_binaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -963,6 +964,14 @@ def refers(param: str, target_type: str, target_id: str) -> Part:
                 (target_id, target_type, param))
 
 
+def patient_ref(resource_type: str, patient_id: str) -> Part:
+    """The rows of a resource's reference to a patient: its ``patient`` parameter's, or, where
+    R4 defines ``patient`` as ``subject`` narrowed to Patient (search.aliases.restricted), the
+    ``subject`` rows (target_type Patient is already in the condition)."""
+    stored, _ = restricted(resource_type).get("patient", ("patient", "Patient"))
+    return refers(stored, "Patient", patient_id)
+
+
 def dates(param: str, ge: str | None = None, lt: str | None = None) -> Part:
     """FHIR date semantics on stored ranges [low, high]: ``ge`` = some of the range after
     the day, or all of it within the day; ``lt`` = some of it before the day. The bound
@@ -1293,7 +1302,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid), ("code", f"{LOINC}|55284-4"),
                ("date", "ge2014-01-01"), ("date", "lt2020-01-01"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid), token("code", "55284-4", LOINC),
+            patient_ref("Observation", pid), token("code", "55284-4", LOINC),
             dates("date", ge="2014-01-01", lt="2020-01-01")]), r)
 
     @spec("P02", "latest 10 body weights (_sort=-date)", "patient")
@@ -1302,7 +1311,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid), ("code", f"{LOINC}|29463-7"),
                ("_sort", "-date"), ("_count", "10"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid), token("code", "29463-7", LOINC)],
+            patient_ref("Observation", pid), token("code", "29463-7", LOINC)],
             sort=("date", True)), r)
 
     @spec("P03", "vital signs since 2016 (_count=100)", "patient")
@@ -1311,7 +1320,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid), ("category", "vital-signs"),
                ("date", "ge2016-01-01"), ("_count", "100"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid), token("category", "vital-signs"),
+            patient_ref("Observation", pid), token("category", "vital-signs"),
             dates("date", ge="2016-01-01")]), r)
 
     @spec("P04", "glucose > 85 mg/dL (value-quantity)", "patient")
@@ -1320,7 +1329,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid), ("code", f"{LOINC}|2339-0"),
                ("value-quantity", "gt85"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid), token("code", "2339-0", LOINC),
+            patient_ref("Observation", pid), token("code", "2339-0", LOINC),
             quantity("value-quantity", ">", 85.0)]), r)
 
     @spec("P05", "HbA1c >= 5.7 % (UCUM quantity)", "patient")
@@ -1329,7 +1338,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid), ("code", f"{LOINC}|4548-4"),
                ("value-quantity", f"ge5.7|{UCUM}|%"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid), token("code", "4548-4", LOINC),
+            patient_ref("Observation", pid), token("code", "4548-4", LOINC),
             quantity("value-quantity", ">=", 5.7, "%")]), r)
 
     @spec("P06", "systolic >= 140 (component composite)", "patient")
@@ -1338,7 +1347,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("patient", pid),
                ("component-code-value-quantity", f"{LOINC}|8480-6$ge140"))
         return r, _floor(Select("Observation", [
-            refers("patient", "Patient", pid),
+            patient_ref("Observation", pid),
             Part("idx_composite", "{a}.param = ? AND {a}.c1_code = ? AND {a}.c1_system = ?"
                  " AND {a}.c2_low >= ?",
                  ("component-code-value-quantity", "8480-6", LOINC, 140.0))]), r)
@@ -1348,7 +1357,7 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("Encounter", ("patient", pid), ("date", "ge2015-01-01"), ("_sort", "-date"))
         return r, _floor(Select("Encounter", [
-            refers("patient", "Patient", pid), dates("date", ge="2015-01-01")],
+            patient_ref("Encounter", pid), dates("date", ge="2015-01-01")],
             sort=("date", True)), r)
 
     @spec("P08", "active conditions", "patient")
@@ -1356,20 +1365,20 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("Condition", ("patient", pid), ("clinical-status", "active"))
         return r, _floor(Select("Condition", [
-            refers("patient", "Patient", pid), token("clinical-status", "active")]), r)
+            patient_ref("Condition", pid), token("clinical-status", "active")]), r)
 
     @spec("P09", "active medication requests", "patient")
     def _(c: Ctx, i: int) -> Made:
         pid = c.patient(i).id
         r = _q("MedicationRequest", ("patient", pid), ("status", "active"))
         return r, _floor(Select("MedicationRequest", [
-            refers("patient", "Patient", pid), token("status", "active")]), r)
+            patient_ref("MedicationRequest", pid), token("status", "active")]), r)
 
     @spec("P10", "immunizations, newest first", "patient")
     def _(c: Ctx, i: int) -> Made:
         pid = c.patient(i).id
         r = _q("Immunization", ("patient", pid), ("_sort", "-date"))
-        return r, _floor(Select("Immunization", [refers("patient", "Patient", pid)],
+        return r, _floor(Select("Immunization", [patient_ref("Immunization", pid)],
                                 sort=("date", True)), r)
 
     @spec("P11", "procedures since 2015", "patient")
@@ -1377,14 +1386,14 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("Procedure", ("patient", pid), ("date", "ge2015-01-01"))
         return r, _floor(Select("Procedure", [
-            refers("patient", "Patient", pid), dates("date", ge="2015-01-01")]), r)
+            patient_ref("Procedure", pid), dates("date", ge="2015-01-01")]), r)
 
     @spec("P12", "10 latest reports + _include results", "patient")
     def _(c: Ctx, i: int) -> Made:
         pid = c.patient(i).id
         r = _q("DiagnosticReport", ("patient", pid), ("_sort", "-date"), ("_count", "10"),
                ("_include", "DiagnosticReport:result"))
-        return r, _floor(Select("DiagnosticReport", [refers("patient", "Patient", pid)],
+        return r, _floor(Select("DiagnosticReport", [patient_ref("DiagnosticReport", pid)],
                                 sort=("date", True)), r,
                          Include(False, "DiagnosticReport", "result", "Observation"))
 
@@ -1400,7 +1409,7 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("Encounter", ("patient", pid), ("_sort", "-date"),
                ("_revinclude", "Provenance:target"))
-        return r, _floor(Select("Encounter", [refers("patient", "Patient", pid)],
+        return r, _floor(Select("Encounter", [patient_ref("Encounter", pid)],
                                 sort=("date", True)), r,
                          Include(True, "Provenance", "target", "Encounter"))
 
@@ -1423,7 +1432,7 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("ExplanationOfBenefit", ("patient", pid), ("_sort", "-created"),
                ("_count", "10"))
-        return r, _floor(Select("ExplanationOfBenefit", [refers("patient", "Patient", pid)],
+        return r, _floor(Select("ExplanationOfBenefit", [patient_ref("ExplanationOfBenefit", pid)],
                                 sort=("created", True)), r)
 
     @spec("P18", "compartment Patient/{id}/Condition", "patient")
@@ -1432,21 +1441,21 @@ def specs() -> list[Spec]:
         r = _q("Condition", compartment=("Patient", pid))
         return r, _floor(Select("Condition", [
             Part("idx_reference", "{a}.target_id = ? AND {a}.target_type = ?"
-                 " AND {a}.param IN (?, ?)", (pid, "Patient", "patient", "asserter"))],
+                 " AND {a}.param IN (?, ?)", (pid, "Patient", "subject", "asserter"))],
             distinct=True), r)
 
     @spec("P19", "50 latest observations (_sort=-date)", "patient")
     def _(c: Ctx, i: int) -> Made:
         pid = c.patient(i).id
         r = _q("Observation", ("patient", pid), ("_sort", "-date"), ("_count", "50"))
-        return r, _floor(Select("Observation", [refers("patient", "Patient", pid)],
+        return r, _floor(Select("Observation", [patient_ref("Observation", pid)],
                                 sort=("date", True)), r)
 
     @spec("P20", "allergies", "patient")
     def _(c: Ctx, i: int) -> Made:
         pid = c.patient(i).id
         r = _q("AllergyIntolerance", ("patient", pid))
-        return r, _floor(Select("AllergyIntolerance", [refers("patient", "Patient", pid)]), r)
+        return r, _floor(Select("AllergyIntolerance", [patient_ref("AllergyIntolerance", pid)]), r)
 
     # ---- population, _count=50
 
@@ -1476,7 +1485,7 @@ def specs() -> list[Spec]:
         r = _q("Condition", ("code", f"{SNOMED}|38341003"),
                ("_include", "Condition:patient"), ("_count", "50"))
         return r, _floor(Select("Condition", [token("code", "38341003", SNOMED)]), r,
-                         Include(False, "Condition", "patient", "Patient"))
+                         Include(False, "Condition", "subject", "Patient"))
 
     @spec("Q05", "latest BP panels (_sort=-date)", "population")
     def _(c: Ctx, i: int) -> Made:
@@ -1498,7 +1507,7 @@ def specs() -> list[Spec]:
             "r.id IN (SELECT h.target_id FROM idx_reference h JOIN idx_token t ON t.id = h.id"
             " WHERE h.resource_type = ? AND h.param = ? AND h.target_type = ?"
             " AND t.resource_type = ? AND t.param = ? AND t.code = ? AND t.system = ?)",
-            ("Condition", "patient", "Patient", "Condition", "code", "15777000", SNOMED))), r)
+            ("Condition", "subject", "Patient", "Condition", "code", "15777000", SNOMED))), r)
 
     @spec("Q08", "patients by name prefix", "population")
     def _(c: Ctx, i: int) -> Made:

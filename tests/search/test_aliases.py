@@ -114,3 +114,34 @@ def test_search_on_an_alias(client: TestClient, url: str, expected: set[str]) ->
     bundle = client.get(f"/fhir/{url}").json()
     assert {e["resource"]["id"] for e in bundle.get("entry", [])
             if e["search"]["mode"] == "match"} == expected
+
+
+def test_restricted_aliases_are_found_in_the_definitions() -> None:
+    """R4 parameters defined as another parameter narrowed to one target type."""
+    from carebridge.search.aliases import restricted
+
+    assert restricted("Observation") == {"patient": ("subject", "Patient")}
+    assert restricted("Encounter") == {"patient": ("subject", "Patient"),
+                                       "practitioner": ("participant", "Practitioner")}
+    assert restricted("Appointment")["location"] == ("actor", "Location")
+    assert "patient" not in restricted("AllergyIntolerance")  # a plain element there
+    total = sum(len(restricted(t)) for t in registry.resource_types())
+    assert total == 47
+
+
+def test_restricted_alias_rows_are_the_narrowed_rows_of_the_other() -> None:
+    """For every Observation of the examples: no ``patient`` rows are stored, and the values
+    the extractor finds for ``patient`` are exactly the ``subject`` values whose target is a
+    Patient (what a search on ``patient`` reads)."""
+    checked = 0
+    for resource in observations():
+        resource = {**resource, "id": resource.get("id") or "x",
+                    "meta": {"lastUpdated": "2024-01-01T00:00:00Z"}}
+        stored = {row[2] for row in index_rows(resource).get("idx_reference", [])}
+        assert "patient" not in stored
+        patient = values_of(resource, "patient")
+        narrowed = [v for v in values_of(resource, "subject")
+                    if getattr(v, "target_type", None) == "Patient"]
+        assert patient == narrowed, resource.get("id")
+        checked += bool(patient)
+    assert checked > 20

@@ -22,7 +22,7 @@ from typing import Any
 
 from carebridge.fhir.errors import BadRequest
 from carebridge.search import terminology
-from carebridge.search.aliases import stored_as
+from carebridge.search.aliases import restricted, stored_as
 from carebridge.search.index import canonical, micros
 from carebridge.search.query import Criterion, Value
 from carebridge.search.values import normalize_string
@@ -106,7 +106,8 @@ class Compiler:
             source, ref_code, inner = criterion.has
             found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
                      f" AND i.target_type = {alias}.resource_type"
-                     f" AND i.resource_type = {self.p(source)} AND i.param = {self.p(ref_code)}"
+                     f" AND i.resource_type = {self.p(source)}"
+                     f" AND {self.param_code(ref_code, (source,))}"
                      f" AND i.id IN ({self.condition_ids(source, inner)}))")
         elif criterion.code == "_list":
             ids = [v.raw for v in criterion.values]
@@ -143,10 +144,32 @@ class Compiler:
         return self.param_code(criterion.code, criterion.definition.get("base", ()), column)
 
     def param_code(self, code: str, types: Iterable[str], column: str = "i.param") -> str:
-        names = stored_as(code, types)
-        if len(names) == 1:
-            return f"{column} = {self.p(names[0])}"
-        return f"{column} IN ({self.marks(names)})"
+        """``column`` naming the rows that answer ``code`` on ``types``: its own, those of
+        the parameters it unites, or, for a restricted alias, those of the parameter it
+        narrows whose target has the type (search.aliases; the other columns of the row are
+        read through the alias of ``column``'s table)."""
+        types = tuple(types)
+        narrowed: dict[tuple[str, str], list[str]] = {}
+        plain: list[str] = []
+        for rtype in types:
+            alias = restricted(rtype).get(code)
+            if alias is None:
+                plain.append(rtype)
+            else:
+                narrowed.setdefault(alias, []).append(rtype)
+        parts = []
+        if plain or not types:
+            names = stored_as(code, plain)
+            parts.append(f"{column} = {self.p(names[0])}" if len(names) == 1
+                         else f"{column} IN ({self.marks(names)})")
+        table = column.rsplit(".", 1)[0]
+        for (stored, target), owners in narrowed.items():
+            scope = "" if not plain and len(narrowed) == 1 else (
+                f" AND {self._scope(tuple(owners), f'{table}.resource_type')}")
+            parts.append(f"{column} = {self.p(stored)} AND {table}.target_type = "
+                         f"{self.p(target)}{scope}")
+        return parts[0] if len(parts) == 1 else "(" + " OR ".join(
+            f"({part})" for part in parts) + ")"
 
     def scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
         """``column`` restricted to the searched types."""
@@ -183,11 +206,12 @@ class Compiler:
             f" AND ({' OR '.join(self._value(c, v) for v in c.values)})"
             for c in (criterion, *same_row))
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND {self.param(criterion)}{conds}")
+                f" AND {self.param_code(criterion.code, types)}{conds}")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
         return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
-                f" AND i.param = {self.p(criterion.code)} AND ({self._chain_branches(criterion)})")
+                f" AND {self.param_code(criterion.code, types)}"
+                f" AND ({self._chain_branches(criterion)})")
 
     def _chain_branches(self, criterion: Criterion) -> str:
         assert criterion.chain is not None
@@ -214,8 +238,8 @@ class Compiler:
         sel = ("i.target_id AS id" if len(types) == 1
                else "i.target_type AS resource_type, i.target_id AS id")
         return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = {self.p(source)}"
-                f" AND i.param = {self.p(ref_code)} AND {self._scope(types, 'i.target_type')}"
-                f" AND i.id IN ({inner_ids})")
+                f" AND {self.param_code(ref_code, (source,))}"
+                f" AND {self._scope(types, 'i.target_type')} AND i.id IN ({inner_ids})")
 
     # ------------------------------------------------------------------ values
 

@@ -232,7 +232,8 @@ class SearchService:
         parts = []
         if pairs:
             which = " OR ".join(
-                f"(i.resource_type = {compiler.p(rtype)} AND i.param IN ({compiler.marks(codes)}))"
+                f"(i.resource_type = {compiler.p(rtype)} AND ("
+                + " OR ".join(compiler.param_code(c, (rtype,)) for c in codes) + "))"
                 for rtype, codes in pairs)
             parts.append(
                 f"SELECT {'i.id' if single else 'i.resource_type, i.id'} FROM idx_reference i"
@@ -583,7 +584,7 @@ class SearchService:
             return set()
         conds = [self._pairs(compiler, sources, "i.resource_type", "i.id")]
         if code != "*":
-            conds.append(f"i.param = {compiler.p(code)}")
+            conds.append(compiler.param_code(code, (source,) if source != "*" else ()))
         if target:
             conds.append(f"i.target_type = {compiler.p(target)}")
         rows = session.query(*compiler.finish(
@@ -603,7 +604,7 @@ class SearchService:
         if source != "*":
             conds.append(f"i.resource_type = {compiler.p(source)}")
         if code != "*":
-            conds.append(f"i.param = {compiler.p(code)}")
+            conds.append(compiler.param_code(code, (source,) if source != "*" else ()))
         rows = session.query(*compiler.finish(
             "SELECT DISTINCT i.resource_type, i.id FROM idx_reference i WHERE "
             f"({conds[0]}){''.join(' AND ' + c for c in conds[1:])}"))
