@@ -145,3 +145,18 @@ def test_restricted_alias_rows_are_the_narrowed_rows_of_the_other() -> None:
         assert patient == narrowed, resource.get("id")
         checked += bool(patient)
     assert checked > 20
+
+
+def test_the_migration_drops_the_rows_of_exactly_the_restricted_aliases() -> None:
+    import re
+
+    from carebridge.search.aliases import restricted
+
+    migrations = Path(__file__).parents[2] / "src" / "carebridge" / "storage" / "migrations"
+    for dialect in ("sqlite", "postgresql"):
+        sql = (migrations / dialect / "0008_narrowed_aliases.sql").read_text()
+        dropped = {(rtype, code) for code, listed in re.findall(
+            r"param = '(\w+)' AND resource_type IN \(([^)]*)\)", sql)
+            for rtype in re.findall(r"'(\w+)'", listed)}
+        assert dropped == {(rtype, code) for rtype in registry.resource_types()
+                           for code in restricted(rtype)}
