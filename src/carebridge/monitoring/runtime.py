@@ -3,8 +3,6 @@ the Subscription delivery worker and (with ``--mqtt``) the MQTT ingest workers."
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -52,10 +50,9 @@ class Monitoring:
         self.engine.start()
         self.delivery.start()
         if self.settings.mqtt_url:
-            from carebridge.ingest.devices.mqtt import MqttIngest
+            from carebridge.ingest.devices.mqtt import MqttIngest, client_prefix
 
-            prefix = os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or (
-                f"carebridge-{socket.gethostname()}")
+            prefix = client_prefix()
             for index in range(self.settings.mqtt_workers):
                 worker = MqttIngest(self.gateway, self.settings.mqtt_url,
                                     client_id=f"{prefix}-{index}")

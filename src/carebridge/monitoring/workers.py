@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,16 +33,12 @@ from carebridge.config import Settings
 log = logging.getLogger(__name__)
 
 
-def client_prefix() -> str:
-    return os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or f"carebridge-{socket.gethostname()}"
-
-
 def run_worker(settings: Settings, index: int) -> None:
     """Run one ingest process until SIGTERM/SIGINT (``carebridge mqtt-worker``)."""
     from carebridge.app import build_stores
     from carebridge.ingest.devices.credentials import DeviceCredentials
     from carebridge.ingest.devices.gateway import DeviceGateway
-    from carebridge.ingest.devices.mqtt import MqttIngest
+    from carebridge.ingest.devices.mqtt import MqttIngest, client_prefix
 
     if not settings.mqtt_url:
         raise ValueError("an MQTT ingest worker needs --mqtt")
@@ -90,6 +85,8 @@ class WorkerProcesses:
         env = dict(os.environ)
         if self.settings.master_key_file:  # the workers open the store with the same key
             env["CAREBRIDGE_MASTER_KEY_FILE"] = self.settings.master_key_file
+        from carebridge.ingest.devices.mqtt import client_prefix
+
         env["CAREBRIDGE_MQTT_CLIENT_ID"] = client_prefix()
         for index in range(self.count):
             self.processes.append(subprocess.Popen(self.command(index), env=env))

@@ -52,7 +52,7 @@ def restricted(resource_type: str) -> dict[str, tuple[str, str]]:
     for code, path in paths.items():
         base, marker, rest = path.partition(".where(resolve() is ")
         target = rest[:-1] if rest.endswith(")") else ""
-        if marker and target.isidentifier() and base in by_path and ")" not in target:
+        if marker and target.isidentifier() and base in by_path:
             found[code] = (by_path[base], target)
     return found
 

@@ -263,6 +263,12 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([,$|\\])", r"\1", text)
 
 
+def escape_value(text: str) -> str:
+    """A value as one search token, the inverse of the unescaping above (search.html#escaping:
+    backslash, comma, pipe, dollar)."""
+    return re.sub(r"([,$|\\])", r"\\\1", text)
+
+
 def _split_pipe(text: str) -> list[str]:
     return [_unescape(p) for p in re.split(r"(?<!\\)\|", text)]
 

@@ -38,6 +38,7 @@ from carebridge.fhir.validation import Validator, raise_for_errors
 from carebridge.fhir.validation.snapshot import complete_snapshot
 from carebridge.quality.report import duplicates_of
 from carebridge.quality.rules import check_quality
+from carebridge.search.query import escape_value
 from carebridge.storage.base import Repository, Session, Write
 
 if TYPE_CHECKING:
@@ -297,13 +298,6 @@ def _parameters(body: Any, mode: str | None,
     return body, mode, profile
 
 
-def _search_escape(text: str) -> str:
-    """A value as one search token (search.html#escaping: backslash, comma, pipe, dollar)."""
-    for char in "\\,|$":
-        text = text.replace(char, "\\" + char)
-    return text
-
-
 def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
     """Search criteria a likely duplicate of ``patient`` must meet at least one of: one of
     its identifiers (OR-ed), or an address's postal code (else its first line). A superset
@@ -311,9 +305,9 @@ def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
     tokens = []
     for ident in patient.get("identifier") or ():
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-            value = _search_escape(ident["value"])
+            value = escape_value(ident["value"])
             system = ident.get("system")
-            tokens.append(f"{_search_escape(system)}|{value}" if isinstance(system, str)
+            tokens.append(f"{escape_value(system)}|{value}" if isinstance(system, str)
                           else value)
     criteria = [("identifier", ",".join(sorted(set(tokens))))] if tokens else []
     places = set()
@@ -326,7 +320,7 @@ def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
         elif isinstance(address["line"][0], str) and address["line"][0].strip():
             places.add(("address", address["line"][0].strip()))
     for param in ("address-postalcode", "address"):
-        values = sorted(_search_escape(v) for p, v in places if p == param)
+        values = sorted(escape_value(v) for p, v in places if p == param)
         if values:
             criteria.append((param, ",".join(values)))
     return criteria

@@ -28,6 +28,8 @@ or, for the compact form, as a ``"secret"`` member of the (first) reading.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -48,6 +50,11 @@ log = logging.getLogger(__name__)
 GROUP = "carebridge"
 OBSERVATIONS = "carebridge/devices/+/observations"
 HEARTBEAT = "carebridge/devices/+/heartbeat"
+
+
+def client_prefix() -> str:
+    """The prefix of this host's worker client ids (see the module doc)."""
+    return os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or f"carebridge-{socket.gethostname()}"
 
 
 def broker_address(url: str) -> tuple[str, int]:
