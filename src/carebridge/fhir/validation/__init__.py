@@ -22,7 +22,7 @@ from typing import Any
 
 from carebridge.fhir import registry
 from carebridge.fhir.errors import Issue, Unprocessable
-from carebridge.fhir.validation.model import CompiledDefinition, compile_snapshot
+from carebridge.fhir.validation.model import CompiledDefinition, compile_snapshot, prune_profile
 from carebridge.fhir.validation.walker import Walker
 
 __all__ = ["InvalidResource", "ProfileSource", "Validator", "errors_of", "raise_for_errors"]
@@ -163,6 +163,10 @@ class Validator:
             walker.error("structure", f"Profile {url} is for {definition.type} resources, not "
                          f"{rtype}", f"{expr}.meta.profile")
             return
+        if not definition.pruned:
+            core = self.resource(rtype)
+            if core is not None:
+                prune_profile(definition, core, self.datatype)
         walker.profile_note = f" (profile {url})"
         walker.resource(resource, expr, definition)
         walker.profile_note = ""

@@ -13,6 +13,7 @@ official definitions at the speed a write path needs (see the validation issue's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,9 @@ class ElementRule:
     slices: list[ElementRule] = field(default_factory=list)
     slice_name: str | None = None
     plain: bool = False  # nothing to check beyond the type: see settle()
+    # In a profile: what the element contains is checked exactly as the core definition
+    # checks it, so a profile walk need not descend (set by prune_profile).
+    shallow: bool = False
 
     def settle(self) -> None:
         """Compute :attr:`plain` once the rule is complete."""
@@ -103,6 +107,9 @@ class Tree:
     required: list[ElementRule] = field(default_factory=list)
     choices: list[ElementRule] = field(default_factory=list)
     sliced: list[ElementRule] = field(default_factory=list)
+    # In a profile: JSON keys whose element and content the profile leaves exactly as the
+    # core definition has them (set by prune_profile); a profile walk skips them.
+    redundant: frozenset[str] = frozenset()
 
     def add(self, rule: ElementRule) -> None:
         self.elements.append(rule)
@@ -125,6 +132,7 @@ class CompiledDefinition:
     root: ElementRule
     tree: Tree
     version: str = ""
+    pruned: bool = False  # prune_profile has compared it with its core definition
 
 
 def type_code(type_ref: dict[str, Any]) -> str:
@@ -294,3 +302,89 @@ def _owning_tree(rules: dict[str, ElementRule], rule: ElementRule) -> Tree | Non
 def _clean_path(element_id: str) -> str:
     """An element id without slice names, as a FHIRPath-like type path."""
     return ".".join(part.split(":", 1)[0] for part in element_id.split("."))
+
+
+# --------------------------------------------------------------------------------------------
+# profiles: what they leave as the core definition has it
+
+def prune_profile(profile: CompiledDefinition, core: CompiledDefinition,
+                  datatype: Callable[[str, tuple[str, ...]], CompiledDefinition | None]) -> None:
+    """Mark what a profile walk may skip: a validation walks the core definition of the
+    resource type first, then each profile (``Walker.profile_note`` set), and reports each
+    issue once (the profile's copy of a core issue is dropped). Where a profile's element
+    has the same constraints as the core's (cardinality, types, target types, fixed value,
+    pattern, binding, invariants, no slicing) and the same content below it, walking it again
+    can only find what the core walk found: its key goes into :attr:`Tree.redundant`. Where
+    only the content is the same, the rule is :attr:`ElementRule.shallow` (its own
+    constraints are checked, its content is not walked again). A derived profile (heartrate
+    from vitalsigns) constrains a handful of elements; the rest of a resource is then walked
+    once, not once per profile.
+
+    ``datatype`` is the validator's look-up of a datatype's compiled definition (what the
+    walker descends into where a snapshot does not expand an element).
+    """
+    if profile.pruned:
+        return
+    _same_tree(profile.tree, core.tree, datatype, {})
+    profile.pruned = True
+
+
+def _same_tree(ptree: Tree, btree: Tree | None,
+               datatype: Callable[[str, tuple[str, ...]], CompiledDefinition | None],
+               seen: dict[int, bool]) -> bool:
+    """Compare (and mark) ``ptree`` against ``btree``; True if they check the same."""
+    known = seen.get(id(ptree))
+    if known is not None:
+        return known
+    seen[id(ptree)] = False  # recursive structures (contentReference): conservatively
+    redundant = set()
+    same = btree is not None and not ptree.sliced and ptree.keys.keys() == btree.keys.keys()
+    for key, (prule, ptrule) in ptree.keys.items():
+        entry = btree.keys.get(key) if btree is not None else None
+        if entry is None:
+            same = False
+            continue
+        brule, btrule = entry
+        content = _same_content(prule, ptrule, brule, btrule, datatype, seen)
+        if content and len(prule.types) == 1:
+            prule.shallow = True
+        if content and _same_constraints(prule, ptrule, brule, btrule):
+            redundant.add(key)
+        else:
+            same = False
+    if same and btree is not None:
+        same = [r.name for r in ptree.required] == [r.name for r in btree.required]
+    ptree.redundant = frozenset(redundant)
+    seen[id(ptree)] = same
+    return same
+
+
+def _same_content(prule: ElementRule, ptrule: TypeRule, brule: ElementRule, btrule: TypeRule,
+                  datatype: Callable[[str, tuple[str, ...]], CompiledDefinition | None],
+                  seen: dict[int, bool]) -> bool:
+    if ptrule.code != btrule.code or ptrule.profiles != btrule.profiles:
+        return False
+    if ptrule.primitive is not None:
+        return True
+    if prule.children is None:
+        return brule.children is None
+    base = brule.children
+    if base is None:
+        found = datatype(btrule.code, btrule.profiles)
+        base = found.tree if found is not None else None
+    return _same_tree(prule.children, base, datatype, seen)
+
+
+def _same_constraints(prule: ElementRule, ptrule: TypeRule, brule: ElementRule,
+                      btrule: TypeRule) -> bool:
+    return (prule.min == brule.min and prule.max == brule.max and prule.array == brule.array
+            and prule.types.keys() == brule.types.keys() and ptrule.targets == btrule.targets
+            and prule.fixed == brule.fixed and prule.pattern == brule.pattern
+            and _binding(prule.binding) == _binding(brule.binding)
+            and {(i.key, i.expression) for i in prule.invariants}
+            == {(i.key, i.expression) for i in brule.invariants}
+            and prule.slicing is None and not prule.slices)
+
+
+def _binding(binding: Binding | None) -> tuple[str, str] | None:
+    return None if binding is None else (binding.strength, binding.value_set)

@@ -156,11 +156,17 @@ class Walker:
              resource_root: bool = False) -> None:
         keys = tree.keys
         choices: dict[int, str] | None = None
+        # In a profile walk, what the profile leaves as the core has it was checked by the
+        # core walk (model.prune_profile).
+        redundant = tree.redundant if self.profile_note else ()
         for key, value in obj.items():
+            if key in redundant:
+                continue
             entry = keys.get(key)
             if entry is None:
                 if key[:1] == "_" and key[1:] in tree.primitive_keys:
-                    self.primitive_sibling(value, obj.get(key[1:]), f"{expr}.{key[1:]}")
+                    if not self.profile_note:
+                        self.primitive_sibling(value, obj.get(key[1:]), f"{expr}.{key[1:]}")
                 elif not (resource_root and key == "resourceType"):
                     self.unknown(tree, key, expr)
                 continue
@@ -275,7 +281,7 @@ class Walker:
             if reason is not None:
                 self.error("value", f"Invalid {code} in {rule.path}: {reason}", expr)
                 return
-            if code in _URI_TYPES and value[:1] == "#":
+            if code in _URI_TYPES and isinstance(value, str) and value[:1] == "#":
                 self.local_refs.add(value)
         elif not isinstance(value, dict):
             self.error("structure", f"{rule.path} must be a JSON object ({code}), not "
@@ -288,6 +294,9 @@ class Walker:
         elif code in ("Resource", "DomainResource") or (
                 not rule.types and rule.children is None):
             self.resource(value, expr, contained=rule.name == "contained")
+        elif rule.shallow and self.profile_note:
+            if code == "Reference":  # the profile may narrow the target types
+                self.reference(value, trule, expr)
         else:
             definition = trule.definition
             if definition is _UNRESOLVED:
