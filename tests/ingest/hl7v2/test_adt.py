@@ -227,3 +227,22 @@ def test_next_of_kin_become_patient_contacts(hl7: Hl7Processor,
         "telecom": [{"system": "phone", "value": "(919)007-0007"}],                # NK1-5
         "address": {"line": ["007 Soho Lane"], "city": "Cary", "state": "NC",      # NK1-4
                     "postalCode": "27511"}}]
+
+
+def test_identifiers_with_search_delimiters_match_only_themselves(
+        hl7: Hl7Processor, repository: Repository) -> None:
+    r"""PID-3 values are escaped in the conditional URLs (FHIR search escaping): ``P1,P2``
+    is one identifier, not "P1 or P2"; ``Q$1``, ``R|1`` and ``S\1`` are not composite,
+    system or escape syntax. (In the HL7 text, ``|`` and ``\`` are the escapes ``\F\`` and
+    ``\E\``.)"""
+    ids = {"P1": "P1", "P1,P2": "P1,P2", "Q$1": "Q$1", "R\\F\\1": "R|1", "S\\E\\1": "S\\1",
+           "P2": "P2"}
+    for round_, name in enumerate(("Lane^Lois", "Other^Ann")):  # then each updates its own
+        for n, pid in enumerate(ids):
+            message = adt("A08", f"E{round_}{n}", name=name).replace(
+                b"P77^^^GH^MR", pid.encode() + b"^^^GH^MR")
+            assert send(hl7, message)["MSA"][1] == "AA", pid
+    patients = stored(repository, "Patient")
+    assert sorted(p["identifier"][0]["value"] for p in patients) == sorted(ids.values())
+    assert {p["name"][0]["family"] for p in patients} == {"Other"}
+    assert {p["meta"]["versionId"] for p in patients} == {"2"}

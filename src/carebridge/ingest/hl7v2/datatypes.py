@@ -24,6 +24,7 @@ from carebridge.ingest.hl7v2.vocabulary import (
     telecom_use,
     ucum_unit,
 )
+from carebridge.search.query import escape_value
 
 Json = dict[str, Any]
 
@@ -97,9 +98,11 @@ def ei_identifier(ei: Composite, type_code: str | None = None,
 
 
 def token(identifier: Json) -> str:
-    """``system|value`` for a search parameter, URL-encoded for a conditional URL."""
-    system = identifier.get("system") or ""
-    return quote(f"{system}|{identifier['value']}", safe=":/")
+    """``system|value`` for a search parameter, URL-encoded for a conditional URL. Both
+    parts are escaped as FHIR search requires (search.html#escaping): an identifier
+    ``12,34`` is one value, not ``12`` or ``34``."""
+    system = escape_value(identifier.get("system") or "")
+    return quote(f"{system}|{escape_value(identifier['value'])}", safe=":/")
 
 
 # ------------------------------------------------------------------------ names, addresses
