@@ -19,6 +19,7 @@ from carebridge.search import planner
 from carebridge.search.planner import single_valued
 from carebridge.security.policy import SYSTEM
 from carebridge.services import ResourceService
+from carebridge.services import search as searching
 from carebridge.services.search import SearchService
 from carebridge.storage import Repository
 
@@ -159,3 +160,47 @@ def test_a_system_and_value_identifier_leads_without_a_count_probe(
     assert len(keyed) == 1 and "CROSS JOIN resource r" in keyed[0]
     for loose in ("V1", "http://example.org/visits|"):
         assert [sql for sql in statements(loose) if sql.startswith("SELECT count")], loose
+
+
+def _recorded(repository: Repository) -> tuple[RecordingRepository, SearchService]:
+    service = ResourceService(repository)
+    for body in RESOURCES:
+        service.update(SYSTEM, body["resourceType"], body["id"], body)
+    recording = RecordingRepository(repository)
+    return recording, SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+
+def test_later_probes_count_no_further_than_the_best_so_far(
+        repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe only has to show whether its criterion beats the best one so far: counting
+    past that cannot change the choice (a patient with thousands of rows would otherwise
+    have every later probe count to the cap)."""
+    recording, search = _recorded(repository)
+    monkeypatch.setattr(planner, "_SELECTIVE", 0)  # keep probing: every criterion counted
+    search.search(SYSTEM, "Encounter", [("subject", "Patient/p1"), ("status", "finished"),
+                                        ("_total", "none")])
+    probes = [(sql, params) for sql, params in recording.log if sql.startswith("SELECT count")]
+    assert len(probes) == 2
+    assert f"LIMIT {planner.DEFAULT_CAP}) p" in probes[0][0]  # subject: 4 encounters
+    assert "LIMIT 4) p" in probes[1][0], probes[1]  # status: counted up to 4 at most
+
+
+def test_a_count_probes_deeper_for_the_smallest_driver(
+        repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no criterion is selective within the page's cap, a count probes again with a
+    larger cap and drives from the smallest criterion, not from the best-ranked form."""
+    recording, search = _recorded(repository)
+    monkeypatch.setattr(planner, "DEFAULT_CAP", 1)  # nothing selective for the page
+    monkeypatch.setattr(planner, "_SELECTIVE", 0)  # (tiny counts: probe every criterion)
+    params = [("status", "finished"), ("date", "ge2024-02-15")]  # 3 matches, then 1
+    result = search.search(SYSTEM, "Encounter", [*params, ("_summary", "count")])
+    assert result.total == 1  # e2
+    counted = [sql for sql, _ in recording.log
+               if sql.startswith("SELECT count") and " LIMIT " not in sql]
+    assert len(counted) == 1 and "FROM idx_date" in counted[0].split("WHERE")[0], recording.log
+    monkeypatch.setattr(searching, "COUNT_CAP", 1)  # without the deeper probe: by rank
+    recording.log.clear()
+    assert search.search(SYSTEM, "Encounter", [*params, ("_summary", "count")]).total == 1
+    counted = [sql for sql, _ in recording.log
+               if sql.startswith("SELECT count") and " LIMIT " not in sql]
+    assert "FROM idx_token" in counted[0].split("WHERE")[0], counted

@@ -43,6 +43,8 @@ _SELECTIVE = 300
 # Leading from a criterion costs one join probe per matching row plus a sort; walking an index
 # costs a few probes per row walked. Up to this many matches, leading wins in practice.
 DEFAULT_CAP = 10_000
+# A count with no selective criterion probes again up to this many rows (services.search).
+COUNT_CAP = 80_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,12 @@ def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[
             return Lead(group, len(criteria[group[0]].values))
         compiler = Compiler(mark)
         ids = compiler.ids(types, *(criteria[n] for n in group))
-        found = int(run(*compiler.finish(f"SELECT count(*) FROM ({ids} LIMIT {cap}) p"))[0][0])
+        # Counting past the best so far cannot make this criterion the better lead: a
+        # patient with thousands of rows would otherwise have each later probe count to
+        # ``cap`` (10,000 index rows, tens of milliseconds on a large database).
+        limit = best.rows
+        found = int(run(*compiler.finish(
+            f"SELECT count(*) FROM ({ids} LIMIT {limit}) p"))[0][0])
         if found < best.rows:
             best = Lead(group, found)
         if found < _SELECTIVE:
