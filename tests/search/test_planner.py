@@ -204,3 +204,44 @@ def test_a_count_probes_deeper_for_the_smallest_driver(
     counted = [sql for sql, _ in recording.log
                if sql.startswith("SELECT count") and " LIMIT " not in sql]
     assert "FROM idx_token" in counted[0].split("WHERE")[0], counted
+
+
+def test_one_row_each_follows_the_definitions() -> None:
+    from carebridge.search.planner import one_row_each
+
+    # one element of max 1 whose type gives one value
+    assert one_row_each("Patient", "gender") and one_row_each("Encounter", "date")
+    assert one_row_each("Observation", "subject") and one_row_each("Patient", "birthdate")
+    # a CodeableConcept (a row per coding), a repeating element, a choice with Timing,
+    # a HumanName (a row per part), a union alias, a narrowed alias
+    for rtype, code in (("Condition", "code"), ("Observation", "category"),
+                        ("Observation", "date"), ("Patient", "name"),
+                        ("Observation", "combo-code"), ("Observation", "patient")):
+        assert not one_row_each(rtype, code), (rtype, code)
+
+
+def test_counts_with_and_without_distinct_ids(repository: Repository) -> None:
+    """gender is one row per Patient: counted without DISTINCT; a Condition with the same
+    code in two codings (different displays: two index rows) is still counted once."""
+    service = ResourceService(repository)
+    for n, gender in enumerate(["female", "female", "male"]):
+        service.update(SYSTEM, "Patient", f"c{n}", {"resourceType": "Patient", "id": f"c{n}",
+                                                   "gender": gender})
+    coding = {"system": "http://snomed.info/sct", "code": "38341003"}
+    service.update(SYSTEM, "Condition", "k1", {
+        "resourceType": "Condition", "id": "k1", "subject": {"reference": "Patient/c0"},
+        "code": {"coding": [{**coding, "display": "Hypertension"},
+                            {**coding, "display": "High blood pressure"}]}})
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+    def count(rtype: str, params: list[tuple[str, str]]) -> tuple[int | None, str]:
+        recording.log.clear()
+        total = search.search(SYSTEM, rtype, [*params, ("_summary", "count")]).total
+        (sql,) = [s for s, _ in recording.log if s.startswith("SELECT count")]
+        return total, sql
+
+    total, sql = count("Patient", [("gender", "female")])
+    assert total == 2 and sql.startswith("SELECT count(*)"), sql
+    total, sql = count("Condition", [("code", "http://snomed.info/sct|38341003")])
+    assert total == 1 and sql.startswith("SELECT count(DISTINCT"), sql

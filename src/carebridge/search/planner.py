@@ -31,8 +31,10 @@ from functools import cache
 from typing import Any
 
 from carebridge.fhir import registry
+from carebridge.search.aliases import ALIASES
 from carebridge.search.compiler import Compiler
 from carebridge.search.extract import split_union
+from carebridge.search.fastpath import UnknownElementError, compile_path
 from carebridge.search.query import Criterion
 
 Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -75,9 +77,39 @@ def single_valued(resource_type: str, code: str) -> bool:
     """Whether a parameter gives a resource at most one value: its expression's branches for
     the type all name one element path whose every step has ``max`` 1 (``Encounter.period``,
     ``Observation.effective``), so AND-ed ranges on it must hold for the same index row."""
+    return _single_path(resource_type, code) is not None
+
+
+# Element types whose one value is one index row (a CodeableConcept is a row per coding and
+# one for its text, a HumanName or an Address a row per part).
+_ONE_ROW_TYPES = frozenset({
+    "boolean", "code", "string", "id", "uri", "url", "canonical", "oid", "uuid", "markdown",
+    "integer", "positiveInt", "unsignedInt", "decimal", "date", "dateTime", "instant",
+    "Period", "Reference", "Quantity", "Age", "Duration", "Money", "Count", "Distance",
+    "SimpleQuantity", "Coding", "Identifier", "ContactPoint",
+})
+
+
+@cache
+def one_row_each(resource_type: str, code: str) -> bool:
+    """Whether a resource has at most one index row for a parameter: one element path of
+    ``max`` 1 (:func:`single_valued`) whose type gives one value. A count driven by such a
+    parameter need not make its ids distinct."""
+    path = _single_path(resource_type, code)
+    if path is None or code in ALIASES.get(resource_type, {}):
+        return False
+    try:
+        plan = compile_path(path, resource_type)
+    except UnknownElementError:
+        return False
+    return (plan is not None and len(plan.leaves) == 1 and not plan.resolve_types
+            and plan.leaves[0].element.type in _ONE_ROW_TYPES)
+
+
+def _single_path(resource_type: str, code: str) -> str | None:
     definition = registry.search_parameters_for(resource_type).get(code)
     if definition is None or not definition.get("expression"):
-        return False
+        return None
     paths = set()
     for branch in split_union(definition["expression"]):
         branch = branch.strip()
@@ -87,17 +119,18 @@ def single_valued(resource_type: str, code: str) -> bool:
         if branch.split(".", 1)[0] == resource_type:
             paths.add(branch)
     if len(paths) != 1:
-        return False
-    steps = paths.pop().split(".")
+        return None
+    whole = paths.pop()
+    steps = whole.split(".")
     if not all(re.fullmatch(r"[A-Za-z]+", step) for step in steps):
-        return False
+        return None
     maxima = _cardinality(resource_type)
     for n in range(2, len(steps) + 1):
         path = ".".join(steps[:n])
         found = maxima.get(path, maxima.get(path + "[x]"))
         if found != "1":
-            return False
-    return True
+            return None
+    return whole
 
 
 def _ranges(types: tuple[str, ...], criteria: Sequence[Criterion]) -> list[tuple[int, ...]]:

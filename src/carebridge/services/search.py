@@ -22,7 +22,7 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.search.aliases import is_alias
 from carebridge.search.compiler import Compiler
-from carebridge.search.planner import COUNT_CAP, Lead, choose_lead, rank
+from carebridge.search.planner import COUNT_CAP, Lead, choose_lead, one_row_each, rank
 from carebridge.search.query import SearchQuery, parse_query
 from carebridge.security.narrowing import Narrowing
 from carebridge.security.policy import SYSTEM, Caller, Restriction
@@ -195,6 +195,10 @@ class SearchService:
             return None
         types = query.resource_types or _every_type()
         lead = query.probed  # the page and the count of one request probe once
+        if lead is None and always:
+            candidates = [n for n, c in enumerate(query.criteria) if rank(c) < 99]
+            if len(candidates) == 1 and len(query.criteria) == 1:
+                return Lead((candidates[0],), 0)  # a count's one driver: nothing to choose
         if lead is None:
             lead = query.probed = choose_lead(session.query, self._dialect_mark(), types,
                                               query.criteria)
@@ -534,7 +538,11 @@ class SearchService:
                 checks = [compiler.exists(c, "d") for n, c in enumerate(query.criteria)
                           if n not in lead.covers]
                 where = f" WHERE {' AND '.join(checks)}" if checks else ""
-                counted = "count(DISTINCT d.id)" if single else "count(*)"
+                # A resource comes once per matching index row: once at most where the
+                # parameter has one row per resource (gender, a Period, a Reference).
+                counted = "count(DISTINCT d.id)" if single and not (
+                    leader.chain is None and one_row_each(types[0], leader.code)) else (
+                    "count(*)")
                 return int(session.query(*compiler.finish(
                     f"SELECT {counted} FROM ({driver}) d{where}"))[0][0])
         if not query.criteria and compartment is None and (
