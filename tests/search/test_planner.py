@@ -101,7 +101,12 @@ def test_and_ed_date_ranges(loaded: TestClient, url: str, expected: set[str]) ->
 
 
 @pytest.mark.usefixtures("plan")
-def test_sorted_walk_with_criteria_and_paging(loaded: TestClient) -> None:
+@pytest.mark.parametrize("budget", [1000, 1, 0])
+def test_sorted_walk_with_criteria_and_paging(loaded: TestClient, budget: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages sorted by date: the same with the first walk's budget enough for a page
+    (1000), too small (1: the planned path after it) or none."""
+    monkeypatch.setattr(searching, "WALK_BUDGET", budget)
     url = "Encounter?class=AMB&_sort=-date&_count=1"
     seen: list[str] = []
     page = loaded.get(f"/fhir/{url}").json()
@@ -245,3 +250,18 @@ def test_counts_with_and_without_distinct_ids(repository: Repository) -> None:
     assert total == 2 and sql.startswith("SELECT count(*)"), sql
     total, sql = count("Condition", [("code", "http://snomed.info/sct|38341003")])
     assert total == 1 and sql.startswith("SELECT count(DISTINCT"), sql
+
+
+def test_a_sorted_page_of_common_matches_needs_no_probe(repository: Repository) -> None:
+    """Sorted by date with no criterion naming one resource: the first rows of the date
+    index are walked before any count probe, and they fill the page here."""
+    recording, search = _recorded(repository)
+    result = search.search(SYSTEM, "Encounter", [("class", "AMB"), ("_sort", "-date"),
+                                                 ("_count", "1"), ("_total", "none")])
+    assert [m.id for m in result.matches] == ["e2"]
+    assert len(recording.log) == 1, recording.log
+    assert f"LIMIT {searching.WALK_BUDGET}) w" in recording.log[0][0]
+    recording.log.clear()  # a patient's rows: probed and led as before, no budgeted walk
+    search.search(SYSTEM, "Encounter", [("subject", "Patient/p1"), ("_sort", "-date"),
+                                        ("_count", "1"), ("_total", "none")])
+    assert not [sql for sql, _ in recording.log if f"LIMIT {searching.WALK_BUDGET}) w" in sql]

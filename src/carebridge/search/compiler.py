@@ -65,9 +65,16 @@ class Compiler:
     uses them.
     """
 
-    def __init__(self, mark: str) -> None:
+    def __init__(self, mark: str, *, per_row: bool = False) -> None:
         self.mark = mark
         self._values: list[Any] = []
+        # PostgreSQL turns a correlated EXISTS into a semi-join and, misjudging how few rows
+        # a range or a probed criterion leaves, may hash every row of the other criterion
+        # (280,000 lab results to check 1,300 candidates). ``per_row`` keeps each check a
+        # per-row index probe: an OFFSET in the subquery stops the pull-up (PostgreSQL's
+        # simplify_EXISTS_query keeps it as a fence). For pages, whose walks stop early, and
+        # for drivers the planner counted to be few.
+        self._fence = " OFFSET 0" if per_row and mark == "%s" else ""
 
     def p(self, value: Any) -> str:
         self._values.append(value)
@@ -94,9 +101,10 @@ class Compiler:
         negate = criterion.modifier in ("not", "not-in")
         own = (f"i.resource_type = {alias}.resource_type AND i.id = {alias}.id"
                f" AND {self.param(criterion)}")
+        fence = self._fence
         if criterion.modifier == "missing":
             table = _TABLE.get(criterion.type, "idx_token")
-            present = f"EXISTS (SELECT 1 FROM {table} i WHERE {own})"
+            present = f"EXISTS (SELECT 1 FROM {table} i WHERE {own}{fence})"
             return f"NOT {present}" if criterion.values[0].raw == "true" else present
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
@@ -108,18 +116,19 @@ class Compiler:
                      f" AND i.target_type = {alias}.resource_type"
                      f" AND i.resource_type = {self.p(source)}"
                      f" AND {self.param_code(ref_code, (source,))}"
-                     f" AND i.id IN ({self.condition_ids(source, inner)}))")
+                     f" AND i.id IN ({self.condition_ids(source, inner)}){fence})")
         elif criterion.code == "_list":
             ids = [v.raw for v in criterion.values]
             found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
                      f" AND i.target_type = {alias}.resource_type AND i.resource_type = 'List'"
-                     f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}))")
+                     f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}){fence})")
         elif criterion.chain is not None:
             found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE {own}"
-                     f" AND ({self._chain_branches(criterion)}))")
+                     f" AND ({self._chain_branches(criterion)}){fence})")
         else:
             ors = " OR ".join(self._value(criterion, v) for v in criterion.values)
-            found = f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own} AND ({ors}))"
+            found = (f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own}"
+                     f" AND ({ors}){fence})")
         return f"NOT {found}" if negate else found
 
     def driver(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion,

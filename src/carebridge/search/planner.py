@@ -47,6 +47,10 @@ _SELECTIVE = 300
 DEFAULT_CAP = 10_000
 # A count with no selective criterion probes again up to this many rows (services.search).
 COUNT_CAP = 80_000
+# A page sorted by a date, with no criterion naming one resource, first walks this many rows
+# of the date index in order (services.search): common matches fill the page at once, and
+# a walk that does not costs about what a probe does.
+WALK_BUDGET = 1_000
 
 
 @dataclass(frozen=True, slots=True)

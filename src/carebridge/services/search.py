@@ -22,7 +22,15 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.search.aliases import is_alias
 from carebridge.search.compiler import Compiler
-from carebridge.search.planner import COUNT_CAP, Lead, choose_lead, one_row_each, rank
+from carebridge.search.planner import (
+    COUNT_CAP,
+    DEFAULT_CAP,
+    WALK_BUDGET,
+    Lead,
+    choose_lead,
+    one_row_each,
+    rank,
+)
 from carebridge.search.query import SearchQuery, parse_query
 from carebridge.security.narrowing import Narrowing
 from carebridge.security.policy import SYSTEM, Caller, Restriction
@@ -153,9 +161,11 @@ class SearchService:
     def _filter(self, compiler: Compiler, query: SearchQuery,
                 compartment: tuple[str, str] | None,
                 narrowing: Narrowing | None = None, lead: Lead | None = None,
-                led_by: str = "d") -> str:
+                led_by: str = "d", checked_on: str | None = None) -> str:
         """The conditions on ``r``, a row of ``resource``: every criterion but the one that
-        leads (``_source`` joins that one) as a per-row check (see search.planner)."""
+        leads (``_source`` joins that one) as a per-row check (see search.planner).
+        ``checked_on``: the alias of an index row whose ``(resource_type, id)`` the criteria
+        are checked on, so that they run before the join reads the resource row."""
         # A system search without _type covers every type: naming them all keeps the
         # resource type, the first column of every index, constrained.
         types = query.resource_types or _every_type()
@@ -170,7 +180,7 @@ class SearchService:
             conds.append(f"r.resource_type = {led_by}.resource_type AND r.id = {led_by}.id")
         for n, criterion in enumerate(query.criteria):
             if lead is None or n not in lead.covers:
-                conds.append(compiler.exists(criterion, led_by if led else "r"))
+                conds.append(compiler.exists(criterion, led_by if led else checked_on or "r"))
         if compartment is not None:
             conds.append(self._compartment(compiler, types, compartment))
         if narrowing is not None and narrowing.patient is not None:
@@ -314,7 +324,7 @@ class SearchService:
         if backwards:
             return None
         value = query.criteria[walk].values[0]
-        compiler = Compiler(self._dialect_mark())
+        compiler = Compiler(self._dialect_mark(), per_row=True)
         where = self._filter(compiler, query, compartment, narrowing, Lead((walk,), 0), "w")
         row = "rowid" if self._dialect_mark() == "?" else "ctid"
         after = "" if values is None else f" AND w.id > {compiler.p(values[0])}"
@@ -331,7 +341,7 @@ class SearchService:
 
     def _walk(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
               narrowing: Narrowing | None, cursor: str | None,
-              lead: Lead | None) -> list[tuple[Any, ...]] | None:
+              lead: Lead | None, budget: int | None = None) -> list[tuple[Any, ...]] | None:
         """A page sorted by one date parameter, read by walking that parameter's index in
         order and checking every criterion per row, when no criterion is selective enough to
         lead (search.planner); None when the search is not of that form.
@@ -339,7 +349,11 @@ class SearchService:
         The sort value of a resource is the highest end of its ranges (descending) or the
         lowest start (ascending) (search.html#sort leaves multiple values to the server), so
         only the row holding that value stands for its resource. Resources without a value
-        come after all others, as in the general plan, and keep its cursor values."""
+        come after all others, as in the general plan, and keep its cursor values.
+
+        With a ``budget``, only that many index rows are walked (from the cursor on), and the
+        page is returned only if they fill it: the first matches of a prefix of the order are
+        the first matches of all of it. None otherwise (the caller plans as usual)."""
         if (lead is None or lead.index is not None or len(query.resource_types) != 1
                 or len(query.sort) != 1 or query.sort[0][0] == "_id"):
             return None
@@ -357,13 +371,20 @@ class SearchService:
         other = "low" if desc else "high"
         better = ">" if desc else "<"  # a row of the same resource that sorts before ``w``
         if values is None or values[0] == 0:
-            compiler = Compiler(mark)
-            where = self._filter(compiler, query, compartment, narrowing)
+            compiler = Compiler(mark, per_row=True)
+            where = self._filter(compiler, query, compartment, narrowing, checked_on="w")
             keyset = "" if values is None else (
                 f" AND (w.{col}, w.id) {op} ({compiler.p(values[1])}, {compiler.p(values[2])})")
+            walked = "idx_date w"
+            scope = f"w.resource_type = {compiler.p(rtype)} AND w.param = {compiler.p(code)}"
+            if budget is not None:  # the first rows of the index in order (``x``)
+                inner = f"{scope}{keyset}".replace("w.", "x.")
+                walked = (f"(SELECT * FROM idx_date x WHERE {inner}"
+                          f" ORDER BY x.{col} {order}, x.id {order} LIMIT {budget}) w")
+                scope, keyset = "1 = 1", ""
             sql = (f"SELECT r.resource_type, r.id, r.body, 0, w.{col}, w.id"
-                   f" FROM idx_date w CROSS JOIN resource r"
-                   f" WHERE w.resource_type = {compiler.p(rtype)} AND w.param = {compiler.p(code)}"
+                   f" FROM {walked} CROSS JOIN resource r"
+                   f" WHERE {scope}"
                    f"{keyset} AND NOT EXISTS (SELECT 1 FROM idx_date s WHERE"
                    f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
                    f" AND (s.{col} {better} w.{col}"
@@ -371,8 +392,10 @@ class SearchService:
                    f" AND r.resource_type = w.resource_type AND r.id = w.id AND {where}"
                    f" ORDER BY w.{col} {order}, w.id {order} LIMIT {compiler.p(want)}")
             rows = session.query(*compiler.finish(sql))
+        if budget is not None:
+            return rows if len(rows) == want else None
         if len(rows) < want:
-            compiler = Compiler(mark)
+            compiler = Compiler(mark, per_row=True)
             where = self._filter(compiler, query, compartment, narrowing)
             after = "" if values is None or values[0] == 0 else (
                 f" AND r.id {op} {compiler.p(values[2])}")
@@ -388,8 +411,18 @@ class SearchService:
               cursor: str | None, narrowing: Narrowing | None = None) -> list[tuple[Any, ...]]:
         """One page plus one row (that row tells whether there is more), in display order;
         each row is (type, id, body, key values...), the key values being the cursor."""
-        compiler = Compiler(self._dialect_mark())
+        compiler = Compiler(self._dialect_mark(), per_row=True)
         keys = self._keys(compiler, query)
+        if query.probed is None and compartment is None and (
+                narrowing is None or narrowing.patient is None) and query.criteria and all(
+                rank(c) > 1 for c in query.criteria):
+            # Sorted by a date and nothing that names a resource (a patient, an id): the
+            # matches are often common, and the first WALK_BUDGET rows of the order give a
+            # page before a probe could have counted (search.planner).
+            walked = self._walk(session, query, compartment, narrowing, cursor,
+                                Lead((), DEFAULT_CAP), budget=WALK_BUDGET)
+            if walked is not None:
+                return walked
         lead = self._lead(session, query, compartment, narrowing)
         walked = self._walk(session, query, compartment, narrowing, cursor, lead)
         if walked is None:
@@ -522,9 +555,11 @@ class SearchService:
 
     def _count(self, session: Session, query: SearchQuery,
                compartment: tuple[str, str] | None, narrowing: Narrowing | None = None) -> int:
-        compiler = Compiler(self._dialect_mark())
         types = query.resource_types or _every_type()
         lead = self._lead(session, query, compartment, narrowing, always=True)
+        # The other criteria are probed per driver row when the planner counted few rows.
+        compiler = Compiler(self._dialect_mark(), per_row=lead is not None and (
+            lead.index is not None and lead.rows < DEFAULT_CAP))
         if lead is not None and lead.index is not None:
             leader = query.criteria[lead.index]
             if leader.has is None and leader.code != "_list":
