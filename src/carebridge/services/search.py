@@ -389,9 +389,17 @@ class SearchService:
                    f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
                    f" AND (s.{col} {better} w.{col}"
                    f" OR (s.{col} = w.{col} AND s.{other} {better} w.{other})))"
-                   f" AND r.resource_type = w.resource_type AND r.id = w.id AND {where}"
-                   f" ORDER BY w.{col} {order}, w.id {order} LIMIT {compiler.p(want)}")
+                   f" AND r.resource_type = w.resource_type AND r.id = w.id AND {where}")
+            # SQLite would sort all the budget's matches before the LIMIT; with the
+            # budgeted rows as the outer loop (CROSS JOIN keeps it there) they come in
+            # order and the walk stops at the page's end. That order is checked below.
+            streamed = budget is not None and mark == "?"
+            sql += ("" if streamed else f" ORDER BY w.{col} {order}, w.id {order}") + (
+                f" LIMIT {compiler.p(want)}")
             rows = session.query(*compiler.finish(sql))
+            if streamed and rows != sorted(rows, key=lambda row: (row[4], row[5]),
+                                           reverse=desc):
+                return None  # not in order after all: plan as usual
         if budget is not None:
             return rows if len(rows) == want else None
         if len(rows) < want:
