@@ -192,3 +192,19 @@ def test_queued_notification_survives_restart(database_url: str, receiver: Recei
 
 def test_backoff_grows_and_caps() -> None:
     assert [backoff(n).total_seconds() for n in (1, 2, 3, 10, 30)] == [1, 2, 4, 300, 300]
+
+
+def test_the_delivery_worker_is_woken_by_queued_notifications_only(
+        ward: Ward, receiver: Receiver) -> None:
+    """The engine wakes the delivery worker after a commit that queued notifications; other
+    commits (readings, scores, resources no Subscription matches) leave it asleep."""
+    assert ward.monitoring.engine.on_queued == ward.monitoring.delivery.wake
+    woken: list[int] = []
+    ward.monitoring.engine.on_queued = lambda: woken.append(1)
+    subscribe(ward, receiver.port)
+    ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(2), "hr": 70}, ward.secret)
+    ward.settle()  # NEWS2 0: no Flag, nothing queued
+    assert woken == []
+    ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(1), "hr": 140}, ward.secret)
+    ward.settle()  # a Flag the Subscription matches
+    assert woken and DeliveryWorker(ward.service.repository, ward.service.clock).pending()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +117,10 @@ class MonitoringEngine(BackgroundWorker):
         # id order; the next peek starts after the last (SQLite commits ids in order).
         self._deferred: list[int] = []
         self._deferred_since = 0.0
+        # Called after a commit that queued Subscription notifications (the delivery
+        # worker's wake-up: it need not look at its queue after every other commit).
+        self.on_queued: Callable[[], None] = lambda: None
+        self._queued = False
         service.events.subscribe(self._on_events)
 
     # ------------------------------------------------------------------ running
@@ -248,9 +252,12 @@ class MonitoringEngine(BackgroundWorker):
             self._apply(session, pending, verdict)
             return len(changed)
 
+        self._queued = False
         handled = self.service.run_write(work, retry=True)
         del self._deferred[:len(deferred)]
         self._forget(changed)
+        if self._queued:
+            self.on_queued()
         return handled
 
     def _forget(self, changed: Sequence[ResourceChanged]) -> None:
@@ -325,8 +332,9 @@ class MonitoringEngine(BackgroundWorker):
         for condition in verdict.alerts:
             alerts.raise_alert(self.service, session, pending, condition, moment)
         self.subscriptions.activate(pending, verdict.changed, verdict.bodies, moment)
-        if self.subscriptions.active:
-            self.subscriptions.enqueue(session, verdict.changed, verdict.bodies, moment)
+        if self.subscriptions.active and self.subscriptions.enqueue(
+                session, verdict.changed, verdict.bodies, moment):
+            self._queued = True
 
     def _score(self, session: Session, verdict: Judgement, patient: str,
                new: list[ReadingRow], batch: list[ReadingRow], rules: list[Rule]) -> None:

@@ -40,7 +40,9 @@ class Monitoring:
             window=s.news2_window, batch=s.engine_batch, offline_after=s.offline_after,
             sweep_every=s.sweep_every))
         self.delivery = DeliveryWorker(self.service.repository, self.service.clock)
-        self.service.events.subscribe(self.delivery.wake)
+        # Woken by the engine when it queued notifications (other processes' are found by
+        # the worker's poll), not after every commit.
+        self.engine.on_queued = self.delivery.wake
         self.stream = AlertStream(self.service)
         self.desk = AlertDesk(self.service)
         self._mqtt: list[object] = []
