@@ -265,3 +265,18 @@ def test_a_sorted_page_of_common_matches_needs_no_probe(repository: Repository) 
     search.search(SYSTEM, "Encounter", [("subject", "Patient/p1"), ("_sort", "-date"),
                                         ("_count", "1"), ("_total", "none")])
     assert not [sql for sql, _ in recording.log if f"LIMIT {searching.WALK_BUDGET}) w" in sql]
+
+
+def test_a_first_cheap_look_finds_a_selective_criterion_behind_a_common_one(
+        repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates are first counted to at most _SELECTIVE rows, in rank order: the first
+    below that leads, and no probe counts a common criterion to the cap."""
+    recording, search = _recorded(repository)
+    monkeypatch.setattr(planner, "_SELECTIVE", 2)  # the patient's 4 encounters: "common"
+    result = search.search(SYSTEM, "Encounter", [("subject", "Patient/p1"), ("class", "IMP"),
+                                                 ("_total", "none")])
+    assert [m.id for m in result.matches] == ["e3"]
+    probes = [sql for sql, _ in recording.log if sql.startswith("SELECT count")]
+    assert len(probes) == 2 and all("LIMIT 2) p" in p for p in probes), probes
+    (page,) = [sql for sql, _ in recording.log if not sql.startswith("SELECT count")]
+    assert "FROM idx_token" in page.split("CROSS JOIN")[0], page  # class leads
