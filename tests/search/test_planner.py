@@ -95,6 +95,9 @@ def test_single_valued_follows_the_element_cardinalities() -> None:
     ("Encounter?date=ge2024-01-11&date=lt2024-01-11", {"e1"}),  # overlaps both sides
     ("Encounter?date=ge2024-02-01&date=le2024-03-31&status=finished", {"e2"}),
     ("Encounter?date=gt2024-05-01&date=lt2024-01-01", set()),
+    ("Encounter?date=ge2024-01-11&date=le2024-02-02", {"e1", "e3"}),
+    ("Encounter?date=sa2024-01-15&date=eb2024-03-01", {"e3"}),
+    ("Encounter?date=eq2024-02&date=ge2024-02-02", {"e3"}),
 ])
 def test_and_ed_date_ranges(loaded: TestClient, url: str, expected: set[str]) -> None:
     assert set(ids(loaded, url)) == expected
@@ -280,3 +283,14 @@ def test_a_first_cheap_look_finds_a_selective_criterion_behind_a_common_one(
     assert len(probes) == 2 and all("LIMIT 2) p" in p for p in probes), probes
     (page,) = [sql for sql, _ in recording.log if not sql.startswith("SELECT count")]
     assert "FROM idx_token" in page.split("CROSS JOIN")[0], page  # class leads
+
+
+def test_and_ed_ranges_carry_their_span_on_postgresql(repository: Repository) -> None:
+    """PostgreSQL: a same-row group of date ranges also asks for the span the row must
+    overlap (GiST index of migration 0009); SQLite has no such index and no such condition."""
+    recording, search = _recorded(repository)
+    result = search.search(SYSTEM, "Encounter", [("date", "ge2024-01-11"),
+                                                 ("date", "lt2024-02-02"), ("_total", "none")])
+    assert sorted(m.id for m in result.matches) == ["e1", "e3"]
+    spans = [sql for sql, _ in recording.log if "int8range" in sql]
+    assert bool(spans) == (repository.dialect == "postgresql"), recording.log

@@ -214,8 +214,35 @@ class Compiler:
         conds = "".join(
             f" AND ({' OR '.join(self._value(c, v) for v in c.values)})"
             for c in (criterion, *same_row))
+        if same_row and criterion.type == "date" and self.mark == "%s":
+            conds += self._span((criterion, *same_row))
         return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
                 f" AND {self.param_code(criterion.code, types)}{conds}")
+
+    def _span(self, criteria: tuple[Criterion, ...]) -> str:
+        """PostgreSQL: AND-ed date ranges met by one index row, as the span that row must
+        overlap (migration 0009's GiST index on ``int8range(low, high)``). Implied by the
+        prefixes' own conditions (search.html#prefix; low <= high), so it changes no result:
+        ge/gt/sa bound it below, le/lt/eb above, eq on both sides."""
+        lower: int | None = None
+        upper: int | None = None
+        for c in criteria:
+            (value,) = c.values
+            assert value.start is not None and value.end is not None
+            qlo, qhi = micros(value.start), micros(value.end)
+            below = {"ge": qlo, "gt": qhi + 1, "sa": qhi + 1, "eq": qlo}.get(value.prefix)
+            above = {"le": qhi, "lt": qlo - 1, "eb": qlo - 1, "eq": qhi}.get(value.prefix)
+            if below is None and above is None:
+                return ""  # ne, ap: no span to add
+            if below is not None:
+                lower = below if lower is None else max(lower, below)
+            if above is not None:
+                upper = above if upper is None else min(upper, above)
+        if lower is not None and upper is not None and lower > upper:
+            # h >= lower and l <= upper: a row spanning the gap, not an overlap of one span
+            return ""
+        return (f" AND int8range(i.low, i.high, '[]')"
+                f" && int8range({self.p(lower)}, {self.p(upper)}, '[]')")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
         return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
