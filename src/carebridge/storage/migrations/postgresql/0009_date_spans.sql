@@ -6,4 +6,4 @@
 -- the text columns lead it. search.compiler adds the matching && condition to AND-ed
 -- ranges on one single-valued parameter; other date searches keep the B-trees.
 CREATE EXTENSION IF NOT EXISTS btree_gist;
-CREATE INDEX idx_date_span ON idx_date USING gist (resource_type, param, int8range(low, high, '[]'));
+CREATE INDEX IF NOT EXISTS idx_date_span ON idx_date USING gist (resource_type, param, int8range(low, high, '[]'));
