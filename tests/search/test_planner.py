@@ -200,6 +200,7 @@ def test_a_count_probes_deeper_for_the_smallest_driver(
     recording, search = _recorded(repository)
     monkeypatch.setattr(planner, "DEFAULT_CAP", 1)  # nothing selective for the page
     monkeypatch.setattr(planner, "_SELECTIVE", 0)  # (tiny counts: probe every criterion)
+    monkeypatch.setattr(planner, "_WORTH_A_RANGE_PROBE", 0)
     params = [("status", "finished"), ("date", "ge2024-02-15")]  # 3 matches, then 1
     result = search.search(SYSTEM, "Encounter", [*params, ("_summary", "count")])
     assert result.total == 1  # e2
@@ -294,3 +295,20 @@ def test_and_ed_ranges_carry_their_span_on_postgresql(repository: Repository) ->
     assert sorted(m.id for m in result.matches) == ["e1", "e3"]
     spans = [sql for sql, _ in recording.log if "int8range" in sql]
     assert bool(spans) == (repository.dialect == "postgresql"), recording.log
+
+
+def test_ranges_are_not_probed_behind_a_small_lead(
+        repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range's probe may filter many rows before counting any; behind a lead of fewer
+    than _WORTH_A_RANGE_PROBE rows it is skipped (the lead costs less than the probe might)."""
+    recording, search = _recorded(repository)
+    monkeypatch.setattr(planner, "_SELECTIVE", 0)  # no early stop: only the new rule acts
+    params = [("status", "finished"), ("date", "ge2024-02-15"), ("_total", "none")]
+    assert [m.id for m in search.search(SYSTEM, "Encounter", params).matches] == ["e2"]
+    probed = [sql for sql, _ in recording.log if sql.startswith("SELECT count")]
+    assert len(probed) == 1 and "idx_token" in probed[0], probed
+    monkeypatch.setattr(planner, "_WORTH_A_RANGE_PROBE", 0)
+    recording.log.clear()
+    assert [m.id for m in search.search(SYSTEM, "Encounter", params).matches] == ["e2"]
+    probed = [sql for sql, _ in recording.log if sql.startswith("SELECT count")]
+    assert len(probed) == 2 and "idx_date" in probed[1], probed

@@ -42,8 +42,10 @@ Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 # Probing stops once a criterion matches fewer rows than this: leading with it costs a few
 # milliseconds whatever the others would have said.
 _SELECTIVE = 300
-# rank() of ranges (dates, numbers, quantities)
-_RANGES = 5
+# Ranges: dates, numbers, quantities
+_RANGE_TYPES = frozenset({"date", "number", "quantity"})
+# Ranges are probed only while the best lead so far has at least this many rows.
+_WORTH_A_RANGE_PROBE = 2_000
 # Leading from a criterion costs one join probe per matching row plus a sort; walking an index
 # costs a few probes per row walked. Up to this many matches, leading wins in practice.
 DEFAULT_CAP = 10_000
@@ -175,7 +177,7 @@ def rank(criterion: Criterion) -> int:
         return 3
     if criterion.type in ("string", "uri", "token", "composite"):
         return 4
-    return _RANGES  # dates, numbers, quantities
+    return 5  # dates, numbers, quantities: ranges
 
 
 def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[Criterion],
@@ -195,19 +197,25 @@ def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[
         ids = compiler.ids(types, *(criteria[n] for n in group))
         return int(run(*compiler.finish(f"SELECT count(*) FROM ({ids} LIMIT {limit}) p"))[0][0])
 
-    # First a cheap look (at most _SELECTIVE rows each) at the candidates whose probe is an
-    # index range on the value (not ranges: a quantity without a unit filters its rows),
-    # in rank order: a chain on a rare name behind a common code is found without counting
-    # the code's rows to the cap.
+    # First a cheap look (at most _SELECTIVE rows each) at the candidates that are not
+    # ranges (a range's probe may filter many rows before it counts one: a wide date range
+    # whose other end the index cannot bound, a quantity without a unit), in rank order: a
+    # chain on a rare name behind a common code is found without counting the code's rows
+    # to the cap.
     if len(candidates) > 1 and 0 < _SELECTIVE < cap:
-        for order, group in candidates:
-            if order >= _RANGES:
-                break
+        for _order, group in candidates:
+            if criteria[group[0]].type in _RANGE_TYPES:
+                continue
             found = count(group, _SELECTIVE)
             if found < _SELECTIVE:
                 return Lead(group, found)
     best: Lead = Lead((), cap)
     for _order, group in candidates:
+        if best.rows < _WORTH_A_RANGE_PROBE and criteria[group[0]].type in _RANGE_TYPES:
+            # A range's probe may filter many index rows before it counts any (a wide date
+            # range whose other end the index cannot bound, a quantity without a unit):
+            # tens of milliseconds to perhaps save the few a lead of this size costs.
+            break
         # Counting past the best so far cannot make this criterion the better lead: a
         # patient with thousands of rows would otherwise have each later probe count to
         # ``cap`` (10,000 index rows, tens of milliseconds on a large database).
