@@ -5,5 +5,7 @@
 -- both sides (1.5 ms). btree_gist (PostgreSQL contrib, a trusted extension since 13) lets
 -- the text columns lead it. search.compiler adds the matching && condition to AND-ed
 -- ranges on one single-valued parameter; other date searches keep the B-trees.
+-- _lastUpdated (a row for every resource, Resource.meta, never grouped so) is left out: a
+-- GiST entry costs about 15 us per row on top of the B-trees' (measured on this machine).
 CREATE EXTENSION IF NOT EXISTS btree_gist;
-CREATE INDEX IF NOT EXISTS idx_date_span ON idx_date USING gist (resource_type, param, int8range(low, high, '[]'));
+CREATE INDEX IF NOT EXISTS idx_date_span ON idx_date USING gist (resource_type, param, int8range(low, high, '[]')) WHERE param <> '_lastUpdated';
