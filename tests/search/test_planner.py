@@ -312,3 +312,31 @@ def test_ranges_are_not_probed_behind_a_small_lead(
     assert [m.id for m in search.search(SYSTEM, "Encounter", params).matches] == ["e2"]
     probed = [sql for sql, _ in recording.log if sql.startswith("SELECT count")]
     assert len(probed) == 2 and "idx_date" in probed[1], probed
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_a_code_walk_gives_a_resource_with_the_code_twice_once(
+        client: TestClient, count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walking a system|code token's index in id order (nothing selective), a resource whose
+    code appears in two codings (two index rows) comes once, on every page size."""
+    monkeypatch.setattr(planner, "DEFAULT_CAP", 0)  # nothing leads: the token index is walked
+    coding = {"system": "http://snomed.info/sct", "code": "38341003"}
+    made = []
+    for n in range(7):
+        codings = [{**coding, "display": "Hypertension"}]
+        if n % 2 == 0:
+            codings.append({**coding, "display": f"High blood pressure {n}"})
+        body = {"resourceType": "Condition", "id": f"k{n}", "code": {"coding": codings},
+                "subject": {"reference": "Patient/p1"}}
+        assert client.put(f"/fhir/Condition/k{n}", json=body).status_code == 201
+        made.append(f"k{n}")
+    seen: list[str] = []
+    page = client.get(f"/fhir/Condition?code=http://snomed.info/sct|38341003"
+                      f"&_count={count}&_total=none").json()
+    while True:
+        seen += [e["resource"]["id"] for e in page.get("entry", [])]
+        following = [lk["url"] for lk in page["link"] if lk["relation"] == "next"]
+        if not following:
+            break
+        page = client.get(following[0]).json()
+    assert seen == sorted(made)

@@ -326,18 +326,25 @@ class SearchService:
         value = query.criteria[walk].values[0]
         compiler = Compiler(self._dialect_mark(), per_row=True)
         where = self._filter(compiler, query, compartment, narrowing, Lead((walk,), 0), "w")
-        row = "rowid" if self._dialect_mark() == "?" else "ctid"
         after = "" if values is None else f" AND w.id > {compiler.p(values[0])}"
-        # A resource with the code in two codings has two rows: only its first one counts.
         sql = (f"SELECT r.resource_type, r.id, r.body, r.id FROM idx_token w CROSS JOIN"
                f" resource r WHERE w.resource_type = {compiler.p(query.resource_types[0])}"
                f" AND w.param = {compiler.p(query.criteria[walk].code)}"
                f" AND w.code = {compiler.p(value.code)} AND w.system = {compiler.p(value.system)}"
-               f"{after} AND NOT EXISTS (SELECT 1 FROM idx_token s WHERE"
-               f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
-               f" AND s.code = w.code AND s.system = w.system AND s.{row} < w.{row})"
-               f" AND {where} ORDER BY w.id LIMIT {compiler.p(query.count + 1)}")
-        return session.query(*compiler.finish(sql))
+               f"{after} AND {where} ORDER BY w.id LIMIT ")
+        text, params = compiler.finish(sql)
+        # A resource with the code in two codings (different displays) has two rows, next
+        # to each other in id order: only the first counts. Dropped here rather than with a
+        # per-row NOT EXISTS, which PostgreSQL, misjudging a code as rare, ran on the
+        # lookup index (every row of the code once per row walked).
+        want = query.count + 1
+        limit = want + 8
+        while True:
+            rows = session.query(f"{text}{limit}", params)
+            unique = [row for n, row in enumerate(rows) if n == 0 or row[1] != rows[n - 1][1]]
+            if len(unique) >= want or len(rows) < limit:
+                return unique[:want]
+            limit *= 4
 
     def _walk(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,
               narrowing: Narrowing | None, cursor: str | None,
