@@ -340,3 +340,19 @@ def test_a_code_walk_gives_a_resource_with_the_code_twice_once(
             break
         page = client.get(following[0]).json()
     assert seen == sorted(made)
+
+
+def test_one_system_code_token_in_the_default_order_is_walked_without_a_probe(
+        repository: Repository) -> None:
+    service = ResourceService(repository)
+    coding = {"system": "http://snomed.info/sct", "code": "38341003"}
+    for n in range(3):
+        service.update(SYSTEM, "Condition", f"w{n}", {
+            "resourceType": "Condition", "id": f"w{n}", "code": {"coding": [coding]},
+            "subject": {"reference": "Patient/p1"}})
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+    result = search.search(SYSTEM, "Condition", [("code", "http://snomed.info/sct|38341003"),
+                                                 ("_count", "2"), ("_total", "none")])
+    assert [m.id for m in result.matches] == ["w0", "w1"]
+    assert len(recording.log) == 1 and "FROM idx_token w" in recording.log[0][0], recording.log

@@ -438,6 +438,13 @@ class SearchService:
                                 Lead((), DEFAULT_CAP), budget=WALK_BUDGET)
             if walked is not None:
                 return walked
+            if len(query.criteria) == 1:
+                # One system|code token in the default order: walking its index never reads
+                # more rows than leading with it would, so there is nothing to probe for.
+                walked = self._walk_code(session, query, compartment, narrowing, cursor,
+                                         Lead((), DEFAULT_CAP))
+                if walked is not None:
+                    return walked
         lead = self._lead(session, query, compartment, narrowing)
         walked = self._walk(session, query, compartment, narrowing, cursor, lead)
         if walked is None:
