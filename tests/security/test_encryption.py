@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.exceptions import InvalidTag
 
@@ -177,3 +179,32 @@ def test_totp_seeds_are_sealed(encrypted: EncryptedRepository) -> None:
         "SELECT totp_secret FROM sec_user WHERE username = 'house'")[0][0]
     assert stored.startswith("sealed:") and secret not in stored
     assert users.authenticate("house", "correct horse battery", pyotp.TOTP(secret).now())
+
+
+def test_keys_reload_inside_a_write_and_a_read(database_url: str,
+                                               master: LocalMasterKey) -> None:
+    """Data keys are reloaded a minute after the last load (another process may have rotated
+    them), and a reload can fall due while the caller is inside a transaction: sealing a body
+    in a write, or opening one sealed under a key this process has not seen in a read. On
+    SQLite a reload there once failed ("cannot start a transaction within a transaction"),
+    and every write failed after the server's first minute."""
+    repo = EncryptedRepository(open_repository(database_url), master)
+    other = EncryptedRepository(open_repository(database_url), master)  # another process
+    try:
+        service = ResourceService(repo)
+        service.create(SYSTEM, "Patient", _patient())
+        repo.keys._loaded -= 120  # a minute and more since the last load
+        created = service.create(SYSTEM, "Patient", _patient())  # sealed inside the write
+        assert repo.keys._loaded > 0 and time.monotonic() - repo.keys._loaded < 60
+        other.keys.rotate()  # a key the first process does not know yet
+        rotated = ResourceService(other).create(SYSTEM, "Patient", _patient())
+        with repo.session() as session:  # opened inside a read transaction
+            found = session.read("Patient", rotated.version.id)
+        assert found is not None and orjson.loads(found.body)["name"] == _patient()["name"]
+        repo.keys._loaded -= 120
+        assert service.read(SYSTEM, "Patient", created.version.id).id == (
+            created.version.id)
+        assert repo.keys.active()[0] == other.keys.active()[0]  # the rotation was seen
+    finally:
+        other.close()
+        repo.close()

@@ -28,11 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib
+import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +45,8 @@ from carebridge.security.store import SecurityStore
 from carebridge.storage.base import HistoryPage, HistoryQuery, Repository, Session, StoredVersion
 from carebridge.storage.base import Write as StorageWrite
 from carebridge.storage.wrapper import RepositoryWrapper
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"\x00cbe"
 _KID = 8
@@ -122,23 +126,42 @@ class DataKeys:
         self._active: bytes | None = None
         self._loaded = 0.0
         self._lock = threading.Lock()
+        # Reloads run on a thread of their own: the caller is often inside a transaction of
+        # its own connection (sealing a body in a write), and SQLite's per-thread connection
+        # cannot begin another one there.
+        self._reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-keys")
 
     def active(self) -> tuple[bytes, AESGCM]:
-        if self._active is None or time.monotonic() - self._loaded > 60:
-            self._load()
+        if self._active is None:
+            self._reload(create=True)
+        elif time.monotonic() - self._loaded > 60:  # another process may have rotated
+            try:
+                self._reload(create=False)
+            except Exception:  # the cached key still seals correctly: keep writing
+                log.warning("data keys could not be reloaded; the active one stays in use",
+                            exc_info=True)
+                self._loaded = time.monotonic()
         assert self._active is not None
         return self._active, self._keys[self._active]
 
     def get(self, kid: bytes) -> AESGCM:
         if kid not in self._keys:
-            self._load()
+            self._reload(create=False)
         return self._keys[kid]
 
-    def _load(self) -> None:
+    def close(self) -> None:
+        self._reloader.shutdown(wait=True)
+
+    def _reload(self, *, create: bool) -> None:
+        self._reloader.submit(self._load, create).result(timeout=30)
+
+    def _load(self, create: bool = True) -> None:
         with self._lock:
             rows = self.store.query(
                 "SELECT kid, wrapped, active FROM sec_data_key ORDER BY created DESC, kid")
             if not any(active for _, _, active in rows):
+                if not create and self._active is not None:
+                    return  # a rotation between its two steps: the next reload sees it
                 self._create()
                 rows = self.store.query(
                     "SELECT kid, wrapped, active FROM sec_data_key ORDER BY created DESC, kid")
@@ -259,6 +282,10 @@ class EncryptedRepository(RepositoryWrapper):
 
     def wrap(self, session: Session, write: bool) -> Session:
         return EncryptedSession(session, self.cipher)
+
+    def close(self) -> None:
+        self.keys.close()
+        super().close()
 
 
 def open_data_repository(database_url: str, key_file: str | None = None) -> Repository:
