@@ -215,7 +215,7 @@ def choose_lead(run: Run, mark: str, types: tuple[str, ...], criteria: Sequence[
             # A range's probe may filter many index rows before it counts any (a wide date
             # range whose other end the index cannot bound, a quantity without a unit):
             # tens of milliseconds to perhaps save the few a lead of this size costs.
-            break
+            continue
         # Counting past the best so far cannot make this criterion the better lead: a
         # patient with thousands of rows would otherwise have each later probe count to
         # ``cap`` (10,000 index rows, tens of milliseconds on a large database).
