@@ -380,19 +380,22 @@ class SearchService:
         if values is None or values[0] == 0:
             compiler = Compiler(mark, per_row=True)
             where = self._filter(compiler, query, compartment, narrowing, checked_on="w")
-            keyset = "" if values is None else (
-                f" AND (w.{col}, w.id) {op} ({compiler.p(values[1])}, {compiler.p(values[2])})")
-            walked = "idx_date w"
-            scope = f"w.resource_type = {compiler.p(rtype)} AND w.param = {compiler.p(code)}"
-            if budget is not None:  # the first rows of the index in order (``x``)
-                inner = f"{scope}{keyset}".replace("w.", "x.")
-                walked = (f"(SELECT * FROM idx_date x WHERE {inner}"
+
+            def rows_of(alias: str) -> str:  # the sort parameter's rows from the cursor on
+                after = "" if values is None else (
+                    f" AND ({alias}.{col}, {alias}.id) {op}"
+                    f" ({compiler.p(values[1])}, {compiler.p(values[2])})")
+                return (f"{alias}.resource_type = {compiler.p(rtype)}"
+                        f" AND {alias}.param = {compiler.p(code)}{after}")
+
+            walked, scope = "idx_date w", rows_of("w")
+            if budget is not None:  # the first rows of the index in order
+                walked = (f"(SELECT * FROM idx_date x WHERE {rows_of('x')}"
                           f" ORDER BY x.{col} {order}, x.id {order} LIMIT {budget}) w")
-                scope, keyset = "1 = 1", ""
+                scope = "1 = 1"
             sql = (f"SELECT r.resource_type, r.id, r.body, 0, w.{col}, w.id"
                    f" FROM {walked} CROSS JOIN resource r"
-                   f" WHERE {scope}"
-                   f"{keyset} AND NOT EXISTS (SELECT 1 FROM idx_date s WHERE"
+                   f" WHERE {scope} AND NOT EXISTS (SELECT 1 FROM idx_date s WHERE"
                    f" s.resource_type = w.resource_type AND s.id = w.id AND s.param = w.param"
                    f" AND (s.{col} {better} w.{col}"
                    f" OR (s.{col} = w.{col} AND s.{other} {better} w.{other})))"
