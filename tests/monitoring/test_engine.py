@@ -313,3 +313,85 @@ def test_rows_that_lead_to_nothing_are_claimed_later_together_on_sqlite(ward: Wa
     engine.settings.defer_idle = 0.0
     engine.process_once()
     assert _outbox(ward) == []
+
+
+def _acvpu(ward: Ward, system: str, code: str, answer: str, minutes: float = 2) -> str:
+    created = ward.service.create(SYSTEM, "Observation", {
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": f"Patient/{ward.patient_id}"},
+        "effectiveDateTime": minutes_ago(minutes),
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
+                                             "code": answer}]}})
+    ward.settle()
+    return f"Observation/{created.version.id}"
+
+
+def _score_from(ward: Ward, reference: str) -> dict[str, object]:
+    """The NEWS2 Observation derived from the given reading."""
+    [score] = [s for s in news2_scores(ward)
+               if {"reference": reference} in s["derivedFrom"]]  # type: ignore[operator]
+    return score
+
+
+def _subs(score: dict[str, object]) -> dict[str, object]:
+    return {c["code"]["coding"][0]["code"]: c.get("valueInteger")  # type: ignore[index,union-attr]
+            for c in score["component"]}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("answer", "points"), [
+    ("248234008", 0),  # mentally alert
+    ("130987000", 3),  # acute (new) confusion
+    ("300202002", 3),  # responds to voice
+    ("450847001", 3),  # responds to pain
+    ("422768004", 3),  # unresponsive
+])
+def test_acvpu_assessment_scores_consciousness(ward: Ward, answer: str, points: int) -> None:
+    """A level-of-consciousness Observation coded as the NHS NEWS2 guidance codes it is the
+    consciousness parameter: no longer listed missing, and a 3 raises low-medium."""
+    send(ward, rr=16, spo2=97, sbp=120, dbp=80, hr=70, temp=37.0)  # all 0
+    # Scored as of the assessment's time, so it is made after the device readings.
+    latest = _score_from(ward, _acvpu(ward, "http://snomed.info/sct", "1104441000000107",
+                                      answer, minutes=0.5))
+    assert _subs(latest)["consciousness"] == points
+    assert latest["valueInteger"] == points
+    assert latest["status"] == "final"  # every parameter present
+    assert not [c for c in latest["component"] if "dataAbsentReason" in c]  # type: ignore[union-attr]
+    assert latest["interpretation"][0]["coding"][0]["code"] == (  # type: ignore[index]
+        "low-medium" if points == 3 else "low")
+    assert len(latest["derivedFrom"]) == 6  # type: ignore[arg-type]
+
+
+def test_acvpu_as_loinc_level_of_responsiveness_and_latest_wins(ward: Ward) -> None:
+    pain = _acvpu(ward, "http://loinc.org", "67775-7", "450847001", minutes=10)  # P
+    assert _subs(_score_from(ward, pain))["consciousness"] == 3
+    alert = _acvpu(ward, "http://loinc.org", "67775-7", "248234008", minutes=1)  # A, later
+    assert _subs(_score_from(ward, alert))["consciousness"] == 0
+    # An answer outside the ACVPU findings is not a level: nothing scored from it.
+    before = len(news2_scores(ward))
+    _acvpu(ward, "http://loinc.org", "67775-7", "404684003", minutes=0.5)
+    assert len(news2_scores(ward)) == before
+
+
+def test_hl7_oru_acvpu_is_scored(ward: Ward) -> None:
+    """An eObs system sending ACVPU over HL7 v2 (OBX CWE with SNOMED CT codes) scores it."""
+    from carebridge.ingest.hl7v2.processor import Hl7Processor
+    from carebridge.monitoring.codes import RULE_CODE
+
+    hl7 = Hl7Processor(ward.service)
+    assert b"|AA|" in hl7.handle_frame(_oru("C1", 3, ["NM|8867-4^Heart rate^LN||80|/min|||||F"]))
+    ward.settle()
+    [patient] = [p for p in ward.search("Patient") if p["id"] != ward.patient_id]
+    ward.service.create(SYSTEM, "Basic", {
+        "resourceType": "Basic", "code": {"coding": [{"system": RULE_CODE, "code": "news2"}]},
+        "subject": {"reference": f"Patient/{patient['id']}"}})
+    ward.settle()
+    reply = hl7.handle_frame(_oru("C2", 2, [
+        "CWE|1104441000000107^ACVPU scale^SCT||300202002^Responds to voice^SCT||||||F"]))
+    assert b"|AA|" in reply
+    ward.settle()
+    news2 = "http://snomed.info/sct|1104051000000101"
+    [score] = ward.search("Observation", code=news2, subject=f"Patient/{patient['id']}")
+    consciousness = [c for c in score["component"]  # type: ignore[union-attr]
+                     if c["code"]["coding"][0]["code"] == "consciousness"]
+    assert consciousness[0]["valueInteger"] == 3

@@ -28,7 +28,7 @@ from carebridge.monitoring.codes import (
     from_text,
     instant_text,
 )
-from carebridge.monitoring.news2 import News2Result, Parameter, news2_score
+from carebridge.monitoring.news2 import Consciousness, News2Result, Parameter, news2_score
 from carebridge.monitoring.rules import normal_code
 from carebridge.monitoring.vitals import (
     BP_PANEL,
@@ -49,7 +49,24 @@ NEWS2_CODES = {
     Parameter.TEMPERATURE: "8310-5",
 }
 FIO2, O2_FLOW = "3150-0", "3151-8"
-SCORED_ORDER = (*NEWS2_CODES.values(), FIO2, O2_FLOW)
+# Level of consciousness (ACVPU) is an assessment, not a device number. It is taken from an
+# Observation coded as the NHS NEWS2 FHIR guidance codes it (SNOMED CT UK 1104441000000107,
+# https://nhsconnect.github.io/FHIR-NEWS2/news2_acvpu_guidance.html) or as LOINC 67775-7
+# "Level of responsiveness", whose valueCodeableConcept is one of the SNOMED CT findings of the
+# CareConnect ACVPU value set. It is kept in mon_reading under the SNOMED code, the value
+# being the position in ACVPU order (0 alert ... 4 unresponsive).
+ACVPU = "1104441000000107"
+ACVPU_LOINC = "67775-7"
+ACVPU_ORDER = tuple(Consciousness)
+ACVPU_ANSWERS = {
+    "248234008": Consciousness.ALERT,  # Mentally alert
+    "130987000": Consciousness.CONFUSION,  # Acute confusion (new confusion)
+    "300202002": Consciousness.VOICE,  # Responds to voice
+    "255373000": Consciousness.VOICE,  # Verbal (IHE mPSC AVPU value set)
+    "450847001": Consciousness.PAIN,  # Responds to pain
+    "422768004": Consciousness.UNRESPONSIVE,  # Unresponsive
+}
+SCORED_ORDER = (*NEWS2_CODES.values(), ACVPU, FIO2, O2_FLOW)
 SCORED_CODES = frozenset(SCORED_ORDER)
 _FINAL = ("final", "amended", "corrected", "preliminary")
 _LABELS = {
@@ -83,6 +100,24 @@ def _quantity_value(quantity: Any, code: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _codes(concept: Any, system: str) -> list[str]:
+    if not isinstance(concept, dict):
+        return []
+    return [str(c["code"]) for c in concept.get("coding") or []
+            if isinstance(c, dict) and c.get("system") == system and isinstance(c.get("code"), str)]
+
+
+def acvpu_level(observation: Resource) -> Consciousness | None:
+    """The ACVPU level an Observation records, if it is a level-of-consciousness one."""
+    if ACVPU not in _codes(observation.get("code"), SNOMED) and (
+            ACVPU_LOINC not in loinc_codes(observation.get("code"))):
+        return None
+    for answer in _codes(observation.get("valueCodeableConcept"), SNOMED):
+        if answer in ACVPU_ANSWERS:
+            return ACVPU_ANSWERS[answer]
+    return None
+
+
 def readings_of(observation: Resource) -> list[ReadingRow]:
     """The vital-sign readings in a committed Observation (none if it holds none we use)."""
     if observation.get("status") not in _FINAL:
@@ -98,6 +133,9 @@ def readings_of(observation: Resource) -> list[ReadingRow]:
         return []
     oid = str(observation.get("id"))
     out: list[ReadingRow] = []
+    level = acvpu_level(observation)
+    if level is not None:
+        return [ReadingRow(patient, ACVPU, effective, float(ACVPU_ORDER.index(level)), oid)]
     if BP_PANEL in codes:
         for component in observation.get("component") or []:
             for code in loinc_codes(component.get("code")):
@@ -164,12 +202,19 @@ def news2_for(session: Session, dialect: str, patient_id: str, until: datetime,
         respiration_rate=value(NEWS2_CODES[Parameter.RESPIRATION_RATE]),
         spo2=value(NEWS2_CODES[Parameter.SPO2]), on_oxygen=on_oxygen,
         systolic_bp=value(SYSTOLIC), pulse=value(NEWS2_CODES[Parameter.PULSE]),
+        consciousness=_level(value(ACVPU)),
         temperature=value(NEWS2_CODES[Parameter.TEMPERATURE]),
         hypercapnic_respiratory_failure=hypercapnic)
-    used = [latest[c] for c in (*NEWS2_CODES.values(), FIO2, O2_FLOW) if c in latest]
+    used = [latest[c] for c in SCORED_ORDER if c in latest]
     effective = max((u[1] for u in used), default=until)
     derived = tuple(dict.fromkeys(u[2] for u in used))
     return News2Score(patient_id, result, effective, derived)
+
+
+def _level(ordinal: float | None) -> Consciousness | None:
+    if ordinal is None or not 0 <= int(ordinal) < len(ACVPU_ORDER):
+        return None
+    return ACVPU_ORDER[int(ordinal)]
 
 
 def news2_observation(score: News2Score, issued: datetime) -> Resource:
