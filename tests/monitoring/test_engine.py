@@ -395,3 +395,15 @@ def test_hl7_oru_acvpu_is_scored(ward: Ward) -> None:
     consciousness = [c for c in score["component"]  # type: ignore[union-attr]
                      if c["code"]["coding"][0]["code"] == "consciousness"]
     assert consciousness[0]["valueInteger"] == 3
+
+
+def test_device_bound_in_the_same_batch_as_its_first_readings(ward: Ward) -> None:
+    """A Device and its first readings committed before the engine runs land in one batch:
+    the new binding counts for those readings (they are scored, not skipped)."""
+    patient = ward.add_patient()
+    device_id, secret = ward.add_device(patient)  # no settle: the engine has not seen it
+    ward.monitoring.gateway.ingest(device_id, {"t": minutes_ago(1), "hr": 135}, secret)
+    ward.settle()
+    scores = ward.search("Observation", code="http://snomed.info/sct|1104051000000101",
+                         subject=f"Patient/{patient}")
+    assert [s["valueInteger"] for s in scores] == [3]

@@ -52,6 +52,8 @@ from carebridge.services.resources import PendingWrites, ResourceService
 from carebridge.storage.base import Session, StoredVersion
 
 log = logging.getLogger(__name__)
+# Changes that alter who is monitored or by which rules.
+_ENROLMENT = frozenset({"Basic", "CarePlan", "Device"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # current_versions does not read last_updated
 
 MONITOR = Caller("system:monitoring", roles=frozenset({"system"}))
@@ -223,8 +225,18 @@ class MonitoringEngine(BackgroundWorker):
         after = self._deferred[-1] if self._deferred else 0
         with self.service.repository.session() as snapshot:
             peeked = peek(snapshot, self.dialect, self.settings.batch, after)
+            enrolling = any(c.resource_type in _ENROLMENT for _, c in peeked)
             judged = self._judge(snapshot, [c for _, c in peeked], rules,
-                                 monitored) if peeked else None
+                                 monitored) if peeked and not enrolling else None
+        if enrolling:
+            # A Device bound or a rule written in this very batch counts for the readings
+            # after it in the batch: reload both (from committed data), then judge.
+            self._rules = self._monitored = None
+            rules, monitored = self.rules(), self.monitored()
+            with self.service.repository.session() as snapshot:
+                peeked = peek(snapshot, self.dialect, self.settings.batch, after)
+                judged = self._judge(snapshot, [c for _, c in peeked], rules,
+                                     monitored) if peeked else None
         if judged is None:
             if self._deferred and self._deferral_due():
                 self._claim_deferred()
@@ -264,7 +276,7 @@ class MonitoringEngine(BackgroundWorker):
         """Drop what ``changed`` makes stale: own score ids, the rules and monitored caches,
         the live Subscriptions."""
         self._scores.difference_update(c.resource_id for c in changed)
-        if any(c.resource_type in ("Basic", "CarePlan", "Device") for c in changed):
+        if any(c.resource_type in _ENROLMENT for c in changed):
             self._rules = None
             self._monitored = None
         if any(c.resource_type == "Subscription" for c in changed):
