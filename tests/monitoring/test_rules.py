@@ -136,3 +136,48 @@ def test_no_data_rule(ward: Ward) -> None:
     ward.monitoring.engine.sweep()
     ward.settle()
     assert len(rule_flags(ward, "rule-no-data")) == 1
+
+
+def test_rules_are_edited_through_the_fhir_api(ward: Ward) -> None:
+    """Rules are FHIR Basic resources on the REST API: a rule the engine could not run is
+    refused with 422 naming the element; a PUT that changes a threshold takes effect."""
+    import http.client
+
+    import orjson
+    from tests.monitoring.support import LiveServer
+
+    def call(method: str, path: str, body: object) -> tuple[int, dict[str, object]]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request(method, path, orjson.dumps(body),
+                     {"Content-Type": "application/fhir+json"})
+        reply = conn.getresponse()
+        data = reply.read()
+        conn.close()
+        return reply.status, orjson.loads(data) if data else {}
+
+    with LiveServer(ward.monitoring) as server:
+        bad = rule("threshold", f"Patient/{ward.patient_id}",
+                   **{**SPO2_RULE, "comparator": "~"})
+        status, outcome = call("POST", "/fhir/Basic", bad)
+        assert status == 422
+        [issue] = outcome["issue"]  # type: ignore[misc]
+        assert issue["code"] == "business-rule"
+        assert issue["expression"] == ["Basic.extension[0].extension[1].valueCode"]
+        assert "comparator" in issue["diagnostics"]
+        status, outcome = call("POST", "/fhir/Basic", rule(
+            "threshold", f"Patient/{ward.patient_id}", **{**SPO2_RULE, "value": 80}))
+        assert status == 201
+        ward.settle()
+        ward.monitoring.gateway.ingest(ward.device_id, [
+            {"t": minutes_ago(m), "spo2": 88} for m in (12, 10, 8, 6)], ward.secret)
+        ward.settle()
+        assert rule_flags(ward, "rule-threshold") == []  # 88 is not below 80
+        edited = {**outcome, **rule("threshold", f"Patient/{ward.patient_id}", **SPO2_RULE)}
+        status, _ = call("PUT", f"/fhir/Basic/{outcome['id']}", edited)
+        assert status == 200
+        ward.settle()
+        ward.monitoring.gateway.ingest(ward.device_id, {"t": minutes_ago(4), "spo2": 88},
+                                       ward.secret)
+        ward.settle()
+        [flag] = rule_flags(ward, "rule-threshold")  # 88 < 90 for 8 minutes now
+        assert flag["status"] == "active"

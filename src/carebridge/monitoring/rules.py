@@ -35,7 +35,12 @@ _COMPARATORS = {"<", "<=", ">", ">="}
 
 
 class RuleError(ValueError):
-    """A Basic resource that claims to be a rule but cannot be one."""
+    """A Basic resource that claims to be a rule but cannot be one; ``expression`` is the
+    FHIRPath of the element at fault."""
+
+    def __init__(self, message: str, expression: str = "Basic") -> None:
+        super().__init__(message)
+        self.expression = expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,36 +67,51 @@ def normal_code(code: str) -> str:
 
 def rule_from_basic(resource: dict[str, Any]) -> Rule | None:
     """The rule a Basic resource holds; None if it is not a monitoring rule."""
-    kind = next((c.get("code") for c in (resource.get("code") or {}).get("coding", [])
-                 if c.get("system") == RULE_CODE), None)
+    codings = (resource.get("code") or {}).get("coding", [])
+    kind = next((c.get("code") for c in codings if c.get("system") == RULE_CODE), None)
     if kind is None:
         return None
     if kind not in KINDS:
-        raise RuleError(f"unknown rule kind {kind!r}; use one of {KINDS}")
+        place = next(i for i, c in enumerate(codings) if c.get("system") == RULE_CODE)
+        raise RuleError(f"unknown rule kind {kind!r}; use one of {KINDS}",
+                        f"Basic.code.coding[{place}].code")
     subject = (resource.get("subject") or {}).get("reference")
     if not isinstance(subject, str) or not subject.startswith(("Patient/", "CarePlan/")):
-        raise RuleError("a rule's subject is a Patient or a CarePlan")
+        raise RuleError("a rule's subject is a Patient or a CarePlan", "Basic.subject")
     parts: dict[str, Any] = {}
-    for ext in resource.get("extension") or []:
+    places: dict[str, str] = {}
+    where = "Basic.extension"
+    for i, ext in enumerate(resource.get("extension") or []):
         if ext.get("url") == RULE_EXT:
-            for part in ext.get("extension") or []:
-                value = next((v for k, v in part.items() if k.startswith("value")), None)
+            where = f"Basic.extension[{i}]"
+            for j, part in enumerate(ext.get("extension") or []):
+                key, value = next(((k, v) for k, v in part.items() if k.startswith("value")),
+                                  ("value", None))
                 parts[part.get("url")] = value
+                places[part.get("url")] = f"{where}.extension[{j}].{key}"
+
+    def at(name: str) -> str:
+        return places.get(name, where)
+
     code = (parts.get("code") or {}).get("code") if isinstance(parts.get("code"), dict) else None
     comparator = parts.get("comparator")
     value = parts.get("value")
-    duration = _duration(parts.get("duration"))
+    try:
+        duration = _duration(parts.get("duration"))
+    except RuleError as exc:
+        raise RuleError(str(exc), at("duration")) from None
     if kind not in ("news2-spo2-scale-2", "news2") and not isinstance(code, str):
-        raise RuleError("the rule needs a code (valueCoding of the vital sign)")
+        raise RuleError("the rule needs a code (valueCoding of the vital sign)", at("code"))
     if kind == "threshold" and comparator not in _COMPARATORS:
-        raise RuleError(f"a threshold needs a comparator in {sorted(_COMPARATORS)}")
+        raise RuleError(f"a threshold needs a comparator in {sorted(_COMPARATORS)}",
+                        at("comparator"))
     if kind in ("threshold", "trend") and not isinstance(value, int | float):
-        raise RuleError("the rule needs a value (valueDecimal)")
+        raise RuleError("the rule needs a value (valueDecimal)", at("value"))
     if kind in ("trend", "no-data") and duration <= timedelta(0):
-        raise RuleError("the rule needs a duration (valueDuration)")
+        raise RuleError("the rule needs a duration (valueDuration)", at("duration"))
     priority = parts.get("priority") or "PM"
     if priority not in ("PL", "PM", "PH"):
-        raise RuleError("priority is PL, PM or PH")
+        raise RuleError("priority is PL, PM or PH", at("priority"))
     return Rule(str(resource.get("id")), kind, subject,
                 normal_code(code) if isinstance(code, str) else None, comparator,
                 float(value) if isinstance(value, int | float) else None, duration, priority,

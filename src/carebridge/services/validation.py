@@ -83,6 +83,8 @@ class WriteValidation:
         if resource.get("resourceType") == "StructureDefinition":
             complete_snapshot(resource, self.validator)
         issues = self.validator.validate(resource)
+        if resource.get("resourceType") == "Basic":
+            issues += _monitoring_rule(resource)
         if self.mode == "strict":
             raise_for_errors(issues)
         issues += check_quality(resource)
@@ -296,6 +298,19 @@ def _parameters(body: Any, mode: str | None,
                 profile = parameter.get("valueUri") or parameter.get("valueCanonical") or profile
         return resource, mode, profile
     return body, mode, profile
+
+
+def _monitoring_rule(basic: dict[str, Any]) -> list[Issue]:
+    """A Basic that claims to be a monitoring rule must be one the engine can run (a rule it
+    cannot read would otherwise be stored and silently never fire)."""
+    from carebridge.monitoring.rules import RuleError, rule_from_basic
+
+    try:
+        rule_from_basic(basic)
+    except RuleError as exc:
+        return [Issue("error", "business-rule", f"Not a usable monitoring rule: {exc}",
+                      (exc.expression,))]
+    return []
 
 
 def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
