@@ -256,6 +256,47 @@ def test_counts_with_and_without_distinct_ids(repository: Repository) -> None:
     assert total == 1 and sql.startswith("SELECT count(DISTINCT"), sql
 
 
+def test_a_code_only_count_is_pinned_to_the_one_system_its_rows_have(
+        repository: Repository) -> None:
+    """SQLite: ``category=laboratory`` counted while every laboratory row has the same system
+    is counted with that system (ids in index order, no temporary B-tree); once the code also
+    appears under another system, or with none, it is not pinned; the counts stay exact, a
+    resource with the code under two systems counted once."""
+    service = ResourceService(repository)
+    lab = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+    def observation(oid: str, *systems: str | None) -> None:
+        codings = [{"code": "laboratory", **({"system": s} if s else {})} for s in systems]
+        service.update(SYSTEM, "Observation", oid, {
+            "resourceType": "Observation", "id": oid, "status": "final",
+            "category": [{"coding": codings}], "code": {"text": "x"}})
+
+    observation("o1", lab)
+    observation("o2", lab)
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+    def count() -> tuple[int | None, list[Any]]:
+        recording.log.clear()
+        total = search.search(SYSTEM, "Observation", [("category", "laboratory"),
+                                                      ("_summary", "count")]).total
+        [(_, args)] = [(s, a) for s, a in recording.log if s.startswith("SELECT count")]
+        return total, list(args)
+
+    sqlite = repository.dialect == "sqlite"
+    total, args = count()
+    assert total == 2 and (lab in args) == sqlite
+    observation("o3", lab, "http://example.org/local")  # the code under two systems
+    total, args = count()
+    assert total == 3 and lab not in args
+    observation("o3", lab)  # back to one system
+    total, args = count()
+    assert total == 3 and (lab in args) == sqlite
+    observation("o4", None)  # the code without a system
+    total, args = count()
+    assert total == 4 and lab not in args
+
+
 def test_a_sorted_page_of_common_matches_needs_no_probe(repository: Repository) -> None:
     """Sorted by date with no criterion naming one resource: the first rows of the date
     index are walked before any count probe, and they fill the page here."""
