@@ -38,7 +38,6 @@ from carebridge.fhir.validation import Validator, raise_for_errors
 from carebridge.fhir.validation.snapshot import complete_snapshot
 from carebridge.quality.report import duplicates_of
 from carebridge.quality.rules import check_quality
-from carebridge.search.query import escape_value
 from carebridge.storage.base import Repository, Session, Write
 
 if TYPE_CHECKING:
@@ -107,12 +106,11 @@ class WriteValidation:
             return []
         families = sorted({n["family"] for n in patient.get("name") or ()
                            if isinstance(n, dict) and isinstance(n.get("family"), str)})
-        narrowing = _narrowing(patient)
-        if not families or not narrowing:
+        if not families or not _anchored(patient):
             return []  # the rule needs a shared identifier or address: nothing can match
         try:
             candidates = self._reader.submit(self._patients_like, patient["birthDate"],
-                                             families, narrowing).result(timeout=LOOKUP_TIMEOUT)
+                                             families).result(timeout=LOOKUP_TIMEOUT)
         except Exception:  # a warning we cannot compute must not fail a write
             log.warning("duplicate-patient look-up failed; the write goes on without it",
                         exc_info=True)
@@ -122,24 +120,37 @@ class WriteValidation:
                       ("Patient",))
                 for other, why in duplicates_of(patient, candidates)]
 
-    def _patients_like(self, birth_date: str, families: list[str],
-                       narrowing: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Stored Patients with this birth date and family name that share one of the
-        identifiers, or an address's postal code or first line (index searches; the rule
-        itself is applied to what they find)."""
+    def _patients_like(self, birth_date: str, families: list[str]) -> list[dict[str, Any]]:
+        """Stored Patients with this birth date and one of these family names (normalised as
+        the string index has them; at most 50 per name); the rule itself (the same folded
+        name, a shared identifier or address) is applied to what they find. Straight from
+        the index tables, both index-only look-ups with no search planning: this runs inside
+        every Patient write."""
         assert self.repository is not None
-        from carebridge.search.query import parse_query
+        from carebridge.events.sqltext import run
+        from carebridge.search.index import index_rows
+        from carebridge.search.values import normalize_string
 
-        found: dict[str, dict[str, Any]] = {}
+        dates = [row for row in index_rows({"resourceType": "Patient", "id": "-",
+                                            "birthDate": birth_date}).get("idx_date", ())
+                 if row[2] == "birthdate"]
+        if not dates:
+            return []
+        low, high = dates[0][3], dates[0][4]
+        dialect = self._dialect()
+        ids: dict[str, None] = {}
         with self.repository.session() as session:
             for family in families[:3]:
-                for param, value in narrowing:
-                    query = parse_query("Patient", [("birthdate", birth_date),
-                                                    ("family", family), (param, value),
-                                                    ("_count", "50")])
-                    for match in self._searcher().run(session, query, None).matches:
-                        found.setdefault(match.id, orjson.loads(match.body))
-        return list(found.values())
+                norm = normalize_string(family)
+                rows = run(session, dialect,
+                           "SELECT s.id FROM idx_string s WHERE s.resource_type = 'Patient'"
+                           " AND s.param = 'family' AND s.norm = ? AND EXISTS"
+                           " (SELECT 1 FROM idx_date d WHERE d.resource_type = 'Patient'"
+                           " AND d.id = s.id AND d.param = 'birthdate' AND d.low = ?"
+                           " AND d.high = ?) LIMIT 50", (norm, low, high))
+                ids.update((str(row[0]), None) for row in rows)
+            found = session.read_many([("Patient", rid) for rid in ids])
+        return [orjson.loads(v.body) for v in found.values() if v.body]
 
     def stored(self, resource_type: str, resource: dict[str, Any] | None) -> None:
         """Forget a cached profile when its StructureDefinition changes."""
@@ -313,29 +324,9 @@ def _monitoring_rule(basic: dict[str, Any]) -> list[Issue]:
     return []
 
 
-def _narrowing(patient: dict[str, Any]) -> list[tuple[str, str]]:
-    """Search criteria a likely duplicate of ``patient`` must meet at least one of: one of
-    its identifiers (OR-ed), or an address's postal code (else its first line). A superset
-    of what quality.report's rule accepts, so the look-up loses no duplicate."""
-    tokens = []
-    for ident in patient.get("identifier") or ():
-        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-            value = escape_value(ident["value"])
-            system = ident.get("system")
-            tokens.append(f"{escape_value(system)}|{value}" if isinstance(system, str)
-                          else value)
-    criteria = [("identifier", ",".join(sorted(set(tokens))))] if tokens else []
-    places = set()
-    for address in patient.get("address") or ():
-        if not isinstance(address, dict) or not address.get("line"):
-            continue
-        postal = address.get("postalCode")
-        if isinstance(postal, str) and postal.strip():
-            places.add(("address-postalcode", postal.strip()))
-        elif isinstance(address["line"][0], str) and address["line"][0].strip():
-            places.add(("address", address["line"][0].strip()))
-    for param in ("address-postalcode", "address"):
-        values = sorted(escape_value(v) for p, v in places if p == param)
-        if values:
-            criteria.append((param, ",".join(values)))
-    return criteria
+def _anchored(patient: dict[str, Any]) -> bool:
+    """Whether ``patient`` has what quality.report's rule needs to call another record the
+    same person: an identifier value, or an address with a line."""
+    return any(isinstance(i, dict) and isinstance(i.get("value"), str)
+               for i in patient.get("identifier") or ()) or any(
+        isinstance(a, dict) and a.get("line") for a in patient.get("address") or ())
