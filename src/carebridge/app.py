@@ -87,6 +87,14 @@ def build_stores(settings: Settings) -> Stores:
     return Stores(repository, authority, policy, service)
 
 
+def mllp_settings(settings: Settings) -> MllpSettings:
+    """The MLLP listener of a server or of one of its ``--mllp-workers``."""
+    assert settings.mllp_port is not None
+    return MllpSettings(settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
+                        settings.mllp_idle_timeout, settings.mllp_tls_cert,
+                        settings.mllp_tls_key, reuse_port=settings.mllp_workers > 0)
+
+
 def build_application(settings: Settings) -> Application:
     if settings.insecure_dev and not is_loopback(settings.host):
         raise InsecureRefused(
@@ -107,10 +115,12 @@ def build_application(settings: Settings) -> Application:
         security=security, monitoring=monitoring,
     )
     if settings.mllp_port is not None:  # HL7 v2 listener in the app's lifespan
-        attach_listener(asgi, service, MllpSettings(
-            settings.mllp_port, settings.host, settings.mllp_max_frame_bytes,
-            settings.mllp_idle_timeout, settings.mllp_tls_cert, settings.mllp_tls_key),
-            ledger=authority.ledger if authority else None)  # audited unless --insecure-dev
+        attach_listener(asgi, service, mllp_settings(settings),
+                        ledger=authority.ledger if authority else None)  # audited unless dev
+        if settings.mllp_workers:  # more processes listening on the same port
+            from carebridge.ingest.hl7v2.workers import attach_mllp_workers
+
+            attach_mllp_workers(asgi, settings, settings.mllp_workers)
     if settings.mqtt_workers and settings.mqtt_url and settings.monitoring:
         attach_workers(asgi, settings, settings.mqtt_workers)  # more MQTT ingest processes
     return Application(settings, repository, service, asgi, authority, monitoring)

@@ -77,7 +77,9 @@ def _serve(settings: Settings) -> None:
                          if settings.mqtt_workers else ""))
     if settings.mllp_port is not None:
         console.print(f"  HL7 v2 over MLLP{' with TLS' if settings.mllp_tls_cert else ''} at"
-                      f" {settings.host}:{settings.mllp_port}")
+                      f" {settings.host}:{settings.mllp_port}"
+                      + (f" ({settings.mllp_workers} more MLLP processes)"
+                         if settings.mllp_workers else ""))
         if settings.tls_cert and not settings.mllp_tls_cert:
             console.print("[bold yellow]  MLLP is in clear text (--mllp-plaintext)[/]")
     if settings.insecure_dev:
@@ -126,6 +128,10 @@ MqttWorkers = Annotated[int, typer.Option(
     help="more processes that only ingest MQTT readings (one per spare core; "
          "docs/monitoring.md)")]
 
+MllpWorkers = Annotated[int, typer.Option(
+    "--mllp-workers", envvar="CAREBRIDGE_MLLP_WORKERS", min=0,
+    help="more processes listening on the MLLP port (one per spare core; docs/hl7v2.md)")]
+
 
 ValidationMode = Annotated[str, typer.Option(
     "--validation", envvar="CAREBRIDGE_VALIDATION",
@@ -158,7 +164,8 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
           tls_cert: TlsCert = None, tls_key: TlsKey = None,
           cors_origin: CorsOrigin = None, mqtt: Mqtt = None,
           mllp_tls_cert: MllpTlsCert = None, mllp_tls_key: MllpTlsKey = None,
-          mllp_plaintext: MllpPlaintext = False, mqtt_workers: MqttWorkers = 0) -> None:
+          mllp_plaintext: MllpPlaintext = False, mqtt_workers: MqttWorkers = 0,
+          mllp_workers: MllpWorkers = 0) -> None:
     """Run the FHIR server (bearer tokens required; see docs/security.md).
 
     With a certificate (--tls-cert), HTTP and MLLP both use TLS; --mllp-tls-cert gives MLLP
@@ -172,7 +179,10 @@ def serve(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
         mllp_tls_key = None
     if mqtt_workers and not mqtt:
         raise typer.BadParameter("needs --mqtt", param_hint="--mqtt-workers")
+    if mllp_workers and mllp_port is None:
+        raise typer.BadParameter("needs --mllp-port", param_hint="--mllp-workers")
     _serve(Settings(validation=_validation_mode(validation), mqtt_workers=mqtt_workers,
+                    mllp_workers=mllp_workers,
                     mllp_port=mllp_port, mqtt_url=mqtt, mllp_tls_cert=mllp_tls_cert,
                     mllp_tls_key=mllp_tls_key,
                     database_url=database, host=host, port=port, **security_settings(
@@ -190,6 +200,24 @@ def mqtt_worker(database: Database = DEFAULT_DATABASE_URL, mqtt: Mqtt = None,
     if not mqtt:
         raise typer.BadParameter("needs --mqtt", param_hint="--mqtt")
     run_worker(Settings(database_url=database, mqtt_url=mqtt,
+                        validation=_validation_mode(validation),
+                        **security_settings(insecure_dev)), index)
+
+
+@app.command("mllp-worker", hidden=True)
+def mllp_worker(database: Database = DEFAULT_DATABASE_URL, host: Host = "127.0.0.1",
+                mllp_port: MllpPort = None, index: Annotated[int, typer.Option(min=0)] = 0,
+                validation: ValidationMode = "strict",
+                mllp_tls_cert: MllpTlsCert = None, mllp_tls_key: MllpTlsKey = None,
+                insecure_dev: InsecureDev = False) -> None:
+    """One more MLLP process (``serve --mllp-workers`` starts these; ingest/hl7v2/workers.py)."""
+    from carebridge.ingest.hl7v2.workers import run_worker
+
+    if mllp_port is None:
+        raise typer.BadParameter("needs --mllp-port", param_hint="--mllp-port")
+    # mllp_workers=1: this process shares the port with others (SO_REUSEPORT).
+    run_worker(Settings(database_url=database, host=host, mllp_port=mllp_port,
+                        mllp_workers=1, mllp_tls_cert=mllp_tls_cert, mllp_tls_key=mllp_tls_key,
                         validation=_validation_mode(validation),
                         **security_settings(insecure_dev)), index)
 

@@ -21,6 +21,7 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     mllp_tls_cert: str | None = None
     mllp_tls_key: str | None = None
+    mllp_workers: int = 0  # more processes on the same MLLP port (ingest/hl7v2/workers.py)
     # Remote monitoring (docs/monitoring.md): MQTT device ingest when set (mqtt://host:port).
     mqtt_url: str | None = None
     mqtt_workers: int = 0  # more processes that only ingest MQTT (monitoring/workers.py)

@@ -17,18 +17,15 @@ here (its unacknowledged messages go to the others: QoS 1 with PUBACK after comm
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
 
 from starlette.applications import Starlette
 
-from carebridge.api.lifespan import extend_lifespan
 from carebridge.config import Settings
+from carebridge.processes import ChildProcesses, attach_children
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +62,10 @@ def run_worker(settings: Settings, index: int) -> None:
         stores.repository.close()
 
 
-class WorkerProcesses:
+class WorkerProcesses(ChildProcesses):
     """The server's ``--mqtt-workers``: started with the application, stopped before it."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
-        self.settings = settings
-        self.count = count
-        self.processes: list[subprocess.Popen[bytes]] = []
+    kind = "MQTT ingest worker"
 
     def command(self, index: int) -> list[str]:
         s = self.settings
@@ -81,39 +75,14 @@ class WorkerProcesses:
                    "--validation", s.validation]
         return [*command, "--insecure-dev"] if s.insecure_dev else command
 
-    def start(self) -> None:
-        env = dict(os.environ)
-        if self.settings.master_key_file:  # the workers open the store with the same key
-            env["CAREBRIDGE_MASTER_KEY_FILE"] = self.settings.master_key_file
+    def environment(self) -> dict[str, str]:
         from carebridge.ingest.devices.mqtt import client_prefix
 
+        env = super().environment()
         env["CAREBRIDGE_MQTT_CLIENT_ID"] = client_prefix()
-        for index in range(self.count):
-            self.processes.append(subprocess.Popen(self.command(index), env=env))
-
-    def stop(self, timeout: float = 30.0) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("MQTT ingest worker %d did not stop; killing it", process.pid)
-                process.kill()
-                process.wait()
-        self.processes.clear()
+        return env
 
 
-def attach_workers(asgi: Starlette, settings: Settings, count: int) -> WorkerProcesses:
+def attach_workers(asgi: Starlette, settings: Settings, count: int) -> ChildProcesses:
     """Run :class:`WorkerProcesses` inside ``asgi``'s lifespan."""
-    workers = WorkerProcesses(settings, count)
-
-    async def start() -> None:
-        workers.start()
-
-    async def stop() -> None:
-        await asyncio.to_thread(workers.stop)  # waits for the children to leave cleanly
-
-    extend_lifespan(asgi, start, stop)
-    return workers
+    return attach_children(asgi, WorkerProcesses(settings, count))

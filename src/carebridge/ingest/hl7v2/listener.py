@@ -48,6 +48,7 @@ class MllpSettings:
     tls_cert: str | None = None  # PEM; with tls_key, connections must use TLS
     tls_key: str | None = None
     workers: int = 32  # connections served at once (each waits in a thread for its commit)
+    reuse_port: bool = False  # other processes listen on the same port (--mllp-workers)
 
 
 def ssl_context(cert: str, key: str | None) -> ssl.SSLContext:
@@ -72,7 +73,7 @@ class Hl7Listener:
         self.server = MllpServer(self.processor.handle_frame, settings.host, settings.port,
                                  max_frame_bytes=settings.max_frame_bytes,
                                  idle_timeout=settings.idle_timeout, ssl_context=context,
-                                 workers=settings.workers,
+                                 workers=settings.workers, reuse_port=settings.reuse_port,
                                  on_refused=self.refused if ledger is not None else None)
 
     def audit(self, message: Message | None, outcome: Outcome) -> None:

@@ -49,7 +49,7 @@ class MllpServer:
     def __init__(self, handler: Callable[[bytes], bytes], host: str = "127.0.0.1",
                  port: int = 2575, *, max_frame_bytes: int = DEFAULT_MAX_FRAME,
                  idle_timeout: float = 300.0, ssl_context: ssl.SSLContext | None = None,
-                 workers: int = 4,
+                 workers: int = 4, reuse_port: bool = False,
                  on_refused: Callable[[MessageRejected], None] | None = None) -> None:
         self.handler = handler
         self.on_refused = on_refused  # told of frames refused here (too large), e.g. to audit
@@ -58,6 +58,7 @@ class MllpServer:
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl_context
+        self.reuse_port = reuse_port  # several processes listen on the port (SO_REUSEPORT)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -69,7 +70,8 @@ class MllpServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, ssl=self.ssl_context, limit=READ_SIZE)
+            self._serve, self.host, self.port, ssl=self.ssl_context, limit=READ_SIZE,
+            reuse_port=self.reuse_port or None)
         log.info("MLLP listening on %s:%s", self.host, self.bound_port)
 
     async def stop(self) -> None:

@@ -56,6 +56,7 @@ from carebridge.security.roles import INTERFACE
 from carebridge.services.bundles import BundleProcessor
 from carebridge.services.resources import PendingWrites, ResourceService
 from carebridge.storage.base import Session, VersionConflict
+from carebridge.storage.readset import ReadSet, RecordingSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +116,15 @@ class _Group:
     pending: PendingWrites
     item: Item
     store: MessageStore
+    speculative: bool = False  # reading only: map, validate, index; archive nothing
+
+
+@dataclass
+class _Speculation:
+    """A message worked out from a read snapshot: its writes, and the reads they rest on."""
+
+    reads: ReadSet
+    pending: PendingWrites
 
 
 class _Duplicate(Exception):
@@ -156,15 +166,21 @@ class _ArchivingResources(ResourceService):
             item.duplicate = found
             raise _Duplicate
         result = work(session, pending)
-        pending.flush(session)
-        provenance = next((w.version.id for w in pending.writes[item.first_write:]
-                           if w.version.resource_type == "Provenance"), None)
-        item.provenance_id = provenance
-        item.archive_id = group.store.archive_in(
-            session, message.sender, message.control_id, message.message_type,
-            item.received_at, message.text.encode("utf-8"), item.ack.encode("utf-8"),
-            provenance)
+        if not group.speculative:
+            _archive(session, pending, item, group.store)
         return result
+
+
+def _archive(session: Session, pending: PendingWrites, item: Item, store: MessageStore) -> None:
+    """Store the message's writes and its archive row (with its Provenance) in ``session``."""
+    message = item.message
+    pending.flush(session)
+    provenance = next((w.version.id for w in pending.writes[item.first_write:]
+                       if w.version.resource_type == "Provenance"), None)
+    item.provenance_id = provenance
+    item.archive_id = store.archive_in(
+        session, message.sender, message.control_id, message.message_type,
+        item.received_at, message.text.encode("utf-8"), item.ack.encode("utf-8"), provenance)
 
 
 class Hl7Processor:
@@ -182,6 +198,9 @@ class Hl7Processor:
         self.application = application
         self.facility = facility
         self.submit: Callable[[Item], Outcome] = lambda item: self.commit_group([item])[0]
+        # Work messages out before taking the write lock (see _speculate); off, everything
+        # runs under the lock.
+        self.speculate = True
         self.observe: OutcomeObserver | None = None  # e.g. the listener's audit
 
     # ---------------------------------------------------------------- frames
@@ -259,9 +278,10 @@ class Hl7Processor:
         outcomes: dict[int, Outcome] = {}
         todo = list(items)
         contended = 0
+        speculated = self._speculate(items) if self.speculate else {}
         while todo:
             try:
-                self.service.run_write(self._group_work(todo), retry=True)
+                self.service.run_write(self._group_work(todo, speculated), retry=True)
             except Conflict:
                 # run_write's immediate retries all lost to concurrent writers (PostgreSQL,
                 # several servers on one patient): back off a little and run it again.
@@ -285,7 +305,39 @@ class Hl7Processor:
             break
         return [outcomes[id(i)] for i in items]
 
-    def _group_work(self, items: list[Item]) -> Callable[[Session, PendingWrites], None]:
+    def _speculate(self, items: list[Item]) -> dict[int, _Speculation]:
+        """Map, validate and index each message from a read snapshot, before the write lock
+        (storage.readset): under the lock only its reads are checked again and its writes
+        stored, so other processes can write meanwhile. A message whose speculation fails in
+        any way is simply run under the lock, the usual way, which decides its answer."""
+        found: dict[int, _Speculation] = {}
+        with self.service.repository.session() as snapshot:
+            for item in items:
+                reads = ReadSet()
+                session = RecordingSession(snapshot, reads)
+                pending = PendingWrites()
+                token = _GROUP.set(_Group(session, pending, item, self.store, speculative=True))
+                try:
+                    if self.store.find_in(session, item.message.sender,
+                                          item.message.control_id) is not None:
+                        continue  # a resend: answered under the lock
+                    caller = item.caller
+                    lookup = SessionLookup(session, self.bundles.search, self.service.policy,
+                                           caller)
+                    mapped = item.mapper(item.message, lookup)
+                    self.bundles.process(caller, transaction_bundle(item.message, mapped,
+                                                                    item.received_at))
+                except Exception:  # whatever it was, it is decided again under the lock
+                    continue
+                finally:
+                    _GROUP.reset(token)
+                found[id(item)] = _Speculation(reads, pending)
+        return found
+
+    def _group_work(self, items: list[Item], speculated: dict[int, _Speculation] | None = None,
+                    ) -> Callable[[Session, PendingWrites], None]:
+        speculated = speculated or {}
+
         def work(session: Session, pending: PendingWrites) -> None:
             for item in items:
                 item.duplicate, item.archive_id, item.provenance_id = None, None, None
@@ -296,6 +348,13 @@ class Hl7Processor:
                 found = self.store.find_in(session, message.sender, message.control_id)
                 if found is not None:
                     item.duplicate = found
+                    continue
+                guess = speculated.get(id(item))
+                if guess is not None and guess.reads.holds(session):
+                    # Everything the message read is unchanged: its writes stand.
+                    pending.writes.extend(guess.pending.writes)
+                    pending.issues.update(guess.pending.issues)
+                    _archive(session, pending, item, self.store)
                     continue
                 token = _GROUP.set(_Group(session, pending, item, self.store))
                 mapped: Mapped | None = None

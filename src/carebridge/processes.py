@@ -1,0 +1,77 @@
+"""Child processes that share a server's work (``serve --mqtt-workers N``,
+``serve --mllp-workers N``): started with the application, stopped before it.
+
+One Python process runs Python code on one core at a time. A server with more cores than one
+starts children that each take a share of a way in (the broker spreads MQTT messages over a
+shared subscription; the kernel spreads MLLP connections over sockets bound with
+SO_REUSEPORT) and store through the same database. Each kind says how its children are
+started (:meth:`ChildProcesses.command`); starting, stopping (SIGTERM, then SIGKILL after a
+timeout) and the ASGI lifespan hooks are shared here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+
+from starlette.applications import Starlette
+
+from carebridge.api.lifespan import extend_lifespan
+from carebridge.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ChildProcesses:
+    """``count`` children of one kind; subclasses give :meth:`command` (and may add to
+    :meth:`environment`)."""
+
+    kind = "worker"
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def command(self, index: int) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.settings.master_key_file:  # the children open the store with the same key
+            env["CAREBRIDGE_MASTER_KEY_FILE"] = self.settings.master_key_file
+        return env
+
+    def start(self) -> None:
+        env = self.environment()
+        for index in range(self.count):
+            self.processes.append(subprocess.Popen(self.command(index), env=env))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s %d did not stop; killing it", self.kind, process.pid)
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def attach_children(asgi: Starlette, children: ChildProcesses) -> ChildProcesses:
+    """Run ``children`` inside ``asgi``'s lifespan: started with it, stopped (and waited
+    for, so they end their sessions cleanly) before its own shutdown."""
+
+    async def start() -> None:
+        children.start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(children.stop)
+
+    extend_lifespan(asgi, start, stop)
+    return children
