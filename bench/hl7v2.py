@@ -32,9 +32,7 @@ Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -45,6 +43,7 @@ from hl7.client import MLLPClient
 
 from carebridge.ingest.hl7v2.parsing import read_frame
 from carebridge.testing import ServerProcess, ThrowawayPostgres, free_port
+from carebridge.testing.procfs import child_pids, tree_cpu_seconds
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "ingest" / "hl7v2" / "data"
 
@@ -116,14 +115,14 @@ def feed(database_url: str, data: list[bytes], connections: int,
 
         shares = [data[k::connections] for k in range(connections)]
         threads = [threading.Thread(target=sender, args=(s,)) for s in shares]
-        cpu_before = _tree_cpu_seconds(server.pid)
+        cpu_before = tree_cpu_seconds(server.pid)
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
-        cpu = _tree_cpu_seconds(server.pid) - cpu_before
+        cpu = tree_cpu_seconds(server.pid) - cpu_before
     if failures:
         raise SystemExit(f"{len(failures)} messages not accepted; first ACK:\n{failures[0]}")
     latencies.sort()
@@ -133,41 +132,12 @@ def feed(database_url: str, data: list[bytes], connections: int,
             "server_cpu_ms_per_message": 1000 * cpu / len(data)}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (/proc/<pid>/stat fields 14 and 15), all threads:
-    what the server spent, whatever else the machine was doing meanwhile."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _tree_cpu_seconds(pid: int) -> float:
-    """CPU time of the server and of its ``--mllp-workers`` children."""
-    total = 0.0
-    for one in [pid, *_children(pid)]:
-        with contextlib.suppress(OSError):  # a process that just ended
-            total += _cpu_seconds(one)
-    return total
-
-
 def _wait_for_children(pid: int, count: int, timeout: float = 60.0) -> None:
     """Until the workers have started and had time to bind the port (SO_REUSEPORT)."""
     deadline = time.monotonic() + timeout
-    while len(_children(pid)) < count:
+    while len(child_pids(pid)) < count:
         if time.monotonic() > deadline:
-            raise SystemExit(f"the server started {len(_children(pid))} of {count} workers")
+            raise SystemExit(f"the server started {len(child_pids(pid))} of {count} workers")
         time.sleep(0.1)
     time.sleep(3.0)  # a worker imports the product and opens the database before it listens
 

@@ -65,6 +65,7 @@ from carebridge.monitoring import simulator
 from carebridge.services.resources import ResourceService
 from carebridge.storage import open_repository
 from carebridge.testing import ServerProcess, ThrowawayMosquitto, ThrowawayPostgres
+from carebridge.testing.procfs import cpu_seconds
 
 SET = 6  # readings per compact set: hr, rr, spo2, temp, weight, blood-pressure panel
 HTTP_SETS_PER_POST = 5
@@ -214,12 +215,6 @@ def send_mqtt(url: str, sets: list[tuple[simulator.SimulatedPatient, dict[str, A
                 time.sleep(delay)
         sender.send(patient, reading)
     sender.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ message runs again there. And ``serve --mllp-workers``: more processes on the sa
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from carebridge.storage import readset as readset_module
 from carebridge.storage.base import StoredVersion, Write
 from carebridge.storage.readset import ReadSet, RecordingSession, WriteDuringSpeculation
 from carebridge.testing import free_port
+from carebridge.testing.procfs import child_pids, cpu_seconds
 from carebridge.testing.server import ServerProcess
 
 from .conftest import ack_fields, stored
@@ -163,24 +163,6 @@ def _identifiers(resource: dict[str, Any]) -> str:
                            for i in resource.get("identifier", [])))
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.slow
 def test_serve_with_mllp_workers_shares_the_port(database_url: str) -> None:
     """``serve --mllp-workers 1``: a second process listens on the same port and takes
@@ -190,12 +172,12 @@ def test_serve_with_mllp_workers_shares_the_port(database_url: str) -> None:
     with ServerProcess(database_url,
                        extra_args=("--mllp-port", str(port), "--mllp-workers", "1")) as server:
         deadline = time.monotonic() + 60
-        while not _children(server.pid):
+        while not child_pids(server.pid):
             assert time.monotonic() < deadline, "no MLLP worker started"
             time.sleep(0.1)
-        [worker] = _children(server.pid)
+        [worker] = child_pids(server.pid)
         time.sleep(3)  # it binds the port once it has opened the database
-        worker_cpu = _cpu(worker)
+        worker_cpu = cpu_seconds(worker)
         acks: dict[str, str] = {}
         lock = threading.Lock()
 
@@ -213,7 +195,7 @@ def test_serve_with_mllp_workers_shares_the_port(database_url: str) -> None:
         for t in threads:
             t.join(120)
         assert acks == {f"W{n}": "AA" for n in range(48)}
-        assert _cpu(worker) - worker_cpu > 0.05  # the worker served some of them
+        assert cpu_seconds(worker) - worker_cpu > 0.05  # the worker served some of them
         with MLLPClient("127.0.0.1", port) as client:  # resends, on a new connection
             for n in range(5):
                 assert ack_fields(client.send_message(adt(f"W{n}", f"WP{n}")))["MSA"][1] == "AA"
