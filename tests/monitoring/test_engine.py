@@ -407,3 +407,25 @@ def test_device_bound_in_the_same_batch_as_its_first_readings(ward: Ward) -> Non
     scores = ward.search("Observation", code="http://snomed.info/sct|1104051000000101",
                          subject=f"Patient/{patient}")
     assert [s["valueInteger"] for s in scores] == [3]
+
+
+def test_only_monitored_patients_observations_are_read(ward: Ward) -> None:
+    """The engine picks the Observations of monitored patients from their subject index rows
+    before reading any body (a feed's results for everybody else are not parsed)."""
+    from carebridge.monitoring.engine import _of_patients
+
+    other = ward.add_patient()
+    ids = {}
+    for patient in (ward.patient_id, other):
+        ids[patient] = ward.service.create(SYSTEM, "Observation", {
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": minutes_ago(1),
+            "valueQuantity": {"value": 80, "unit": "/min", "system": "http://unitsofmeasure.org",
+                              "code": "/min"}}).version.id
+    repository = ward.service.repository
+    with repository.session() as session:
+        both = [ids[ward.patient_id], ids[other], "missing"]
+        assert _of_patients(session, repository.dialect, both,
+                            frozenset({ward.patient_id})) == [ids[ward.patient_id]]
+        assert _of_patients(session, repository.dialect, both, frozenset()) == []

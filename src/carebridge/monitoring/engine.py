@@ -306,9 +306,13 @@ class MonitoringEngine(BackgroundWorker):
         verdict = Judgement(changed, moment)
         active = self.subscriptions.active
         own = self._scores
+        observations = [c.resource_id for c in changed if c.method != "DELETE"
+                        and c.resource_type == "Observation" and c.resource_id not in own]
+        if not active:  # only readings matter: skip the bodies of unmonitored patients'
+            observations = _of_patients(session, self.dialect, observations, monitored)
         wanted = [(c.resource_type, c.resource_id) for c in changed if c.method != "DELETE"
-                  and (active or (c.resource_type == "Observation" and c.resource_id not in own)
-                       or c.resource_type == "Subscription")]
+                  and (active or c.resource_type == "Subscription")]
+        wanted += [("Observation", oid) for oid in observations]
         verdict.bodies = current_versions(session, self.dialect, wanted)
         for c in changed:
             current = verdict.bodies.get((c.resource_type, c.resource_id))
@@ -452,6 +456,23 @@ def claim_ids(session: Session, dialect: str,
                    " RETURNING id, resource_type, resource_id, version, method", part)
         taken.extend((int(r[0]), ResourceChanged(r[1], r[2], int(r[3]), r[4])) for r in rows)
     return taken
+
+
+def _of_patients(session: Session, dialect: str, observation_ids: Sequence[str],
+                 patients: frozenset[str]) -> list[str]:
+    """Those of ``observation_ids`` whose subject is one of ``patients``, from the subject
+    index rows (index-only, one query per 500 ids): an HL7 v2 feed's lab results for patients
+    nobody monitors are not read and parsed only to be dropped."""
+    kept: list[str] = []
+    unique = list(dict.fromkeys(observation_ids))
+    for start in range(0, len(unique), 500):
+        part = unique[start:start + 500]
+        rows = run(session, dialect,
+                   "SELECT id, target_id FROM idx_reference WHERE resource_type = 'Observation'"
+                   " AND param = 'subject' AND target_type = 'Patient' AND id IN"
+                   f" ({', '.join('?' for _ in part)})", part)
+        kept += [str(rid) for rid, target in rows if target in patients]
+    return list(dict.fromkeys(kept))
 
 
 def current_versions(session: Session, dialect: str,
