@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import subprocess
+from abc import ABC, abstractmethod
 
 from starlette.applications import Starlette
 
@@ -24,7 +25,7 @@ from carebridge.config import Settings
 log = logging.getLogger(__name__)
 
 
-class ChildProcesses:
+class ChildProcesses(ABC):
     """``count`` children of one kind; subclasses give :meth:`command` (and may add to
     :meth:`environment`)."""
 
@@ -35,8 +36,9 @@ class ChildProcesses:
         self.count = count
         self.processes: list[subprocess.Popen[bytes]] = []
 
+    @abstractmethod
     def command(self, index: int) -> list[str]:
-        raise NotImplementedError
+        """The command line of child ``index``."""
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
