@@ -25,6 +25,21 @@ from carebridge.config import Settings
 log = logging.getLogger(__name__)
 
 
+ORPHAN_CHECK = 1.0  # seconds between a child's looks at whether its server is still there
+
+
+PARENT_ENV = "CAREBRIDGE_PARENT_PID"  # set for each child: the server that started it
+
+
+def orphaned() -> bool:
+    """Whether the server that started this child is gone (killed without stopping its
+    children first, e.g. SIGKILL): a child then stops too instead of serving on alone. The
+    server's pid comes with the child's environment, so a server that died while the child
+    was still starting counts too. False for a process no server started."""
+    expected = os.environ.get(PARENT_ENV)
+    return expected is not None and os.getppid() != int(expected)
+
+
 class ChildProcesses(ABC):
     """``count`` children of one kind; subclasses give :meth:`command` (and may add to
     :meth:`environment`)."""
@@ -42,6 +57,7 @@ class ChildProcesses(ABC):
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env[PARENT_ENV] = str(os.getpid())
         if self.settings.master_key_file:  # the children open the store with the same key
             env["CAREBRIDGE_MASTER_KEY_FILE"] = self.settings.master_key_file
         return env

@@ -25,6 +25,7 @@ from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
 from carebridge.services.search import SearchService
 from carebridge.testing import ServerProcess, ThrowawayMosquitto
+from carebridge.testing.procfs import child_pids
 
 
 def _provision(database_url: str) -> tuple[str, str, str]:
@@ -98,14 +99,6 @@ def test_a_worker_process_stores_and_audits_mqtt_readings(
         repository.close()
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
-
-
 def test_serve_starts_and_stops_its_mqtt_workers(tmp_path: Path,
                                                  mosquitto_server: ThrowawayMosquitto) -> None:
     database_url = f"sqlite:///{tmp_path}/w.db"
@@ -113,7 +106,7 @@ def test_serve_starts_and_stops_its_mqtt_workers(tmp_path: Path,
     os.environ.setdefault("CAREBRIDGE_MQTT_CLIENT_ID", f"serve-test-{uuid.uuid4().hex[:8]}")
     with ServerProcess(database_url, extra_args=("--mqtt", mosquitto_server.url,
                                                  "--mqtt-workers", "2")) as server:
-        workers = wait_for(lambda: [c for c in _children(server.pid) if b"mqtt-worker" in
+        workers = wait_for(lambda: [c for c in child_pids(server.pid) if b"mqtt-worker" in
                                  Path(f"/proc/{c}/cmdline").read_bytes()])
         assert len(workers) == 2  # the server's own MQTT client shares the load with them
         _publish(mosquitto_server, device, secret, 12)
@@ -125,3 +118,28 @@ def test_serve_starts_and_stops_its_mqtt_workers(tmp_path: Path,
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(
             f"/proc/{pid}/stat").read_bytes().split(b")")[1][:3]  # gone (or a zombie)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_mqtt_workers_stop_when_the_server_is_killed(tmp_path: Path,
+                                                    mosquitto_server: ThrowawayMosquitto,
+                                                    ) -> None:
+    """A server killed outright (SIGKILL) does not leave its MQTT ingest workers running."""
+    database_url = f"sqlite:///{tmp_path}/o.db"
+    os.environ.setdefault("CAREBRIDGE_MQTT_CLIENT_ID", f"serve-test-{uuid.uuid4().hex[:8]}")
+    server = ServerProcess(database_url, extra_args=("--mqtt", mosquitto_server.url,
+                                                     "--mqtt-workers", "1")).start()
+    try:
+        [worker] = wait_for(lambda: child_pids(server.pid))
+        assert _alive(worker)
+        os.kill(server.pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(worker), timeout=20)
+    finally:
+        server.stop()

@@ -25,7 +25,7 @@ import threading
 from starlette.applications import Starlette
 
 from carebridge.config import Settings
-from carebridge.processes import ChildProcesses, attach_children
+from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,15 @@ def run_worker(settings: Settings, index: int) -> None:
         stores.authority.start()
     gateway.start()
     ingest.start()
-    if ingest.connected.wait(60):  # subscribed: the broker sends this process its share
-        print(f"mqtt-worker {index} ready", flush=True)
     try:
-        stop.wait()
+        for _ in range(60):  # until subscribed: the broker then sends this process its share
+            if ingest.connected.wait(ORPHAN_CHECK):
+                print(f"mqtt-worker {index} ready", flush=True)
+                break
+            if stop.is_set() or orphaned():
+                break
+        while not stop.wait(ORPHAN_CHECK) and not orphaned():
+            pass
     finally:
         ingest.stop()  # leave the shared group first, so the broker feeds the others
         gateway.stop()

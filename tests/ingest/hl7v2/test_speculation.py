@@ -4,6 +4,7 @@ message runs again there. And ``serve --mllp-workers``: more processes on the sa
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -208,3 +209,37 @@ def test_serve_with_mllp_workers_shares_the_port(database_url: str) -> None:
                     if p["identifier"][0]["value"].startswith("WP")]) == 48
     finally:
         repository.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_mllp_workers_stop_when_the_server_is_killed(database_url: str) -> None:
+    """A server killed outright (SIGKILL: no chance to stop its children) does not leave its
+    MLLP worker serving on alone: the worker notices within seconds and stops."""
+    import signal
+
+    port = free_port()
+    server = ServerProcess(database_url,
+                           extra_args=("--mllp-port", str(port), "--mllp-workers", "1")).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not child_pids(server.pid):
+            assert time.monotonic() < deadline, "no MLLP worker started"
+            time.sleep(0.1)
+        [worker] = child_pids(server.pid)
+        time.sleep(2)
+        assert _alive(worker)
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the orphaned MLLP worker kept running"
+            time.sleep(0.2)
+    finally:
+        server.stop()

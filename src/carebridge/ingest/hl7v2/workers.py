@@ -15,20 +15,22 @@ the same transaction as the message's resources, looked up again under the lock 
 writer, or PostgreSQL's transaction lock on the message key), and unique per (sender,
 control id). The server's monitoring engine scores what the workers store from the outbox.
 Workers stop (SIGTERM: they stop accepting and finish the frame in hand) before the server's
-own shutdown; one that dies is not restarted, and its connections' senders reconnect to the
-others and resend what had no ACK.
+own shutdown, and by themselves within a second if the server is killed outright; one that
+dies is not restarted, and its connections' senders reconnect to the others and resend what
+had no ACK.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
 from starlette.applications import Starlette
 
 from carebridge.config import Settings
-from carebridge.processes import ChildProcesses, attach_children
+from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
 
 
 def run_worker(settings: Settings, index: int) -> None:
@@ -42,6 +44,7 @@ def run_worker(settings: Settings, index: int) -> None:
     listener = Hl7Listener(stores.service, mllp_settings(settings),
                            ledger=stores.authority.ledger if stores.authority else None)
 
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -49,7 +52,11 @@ def run_worker(settings: Settings, index: int) -> None:
             loop.add_signal_handler(signum, stop.set)
         await listener.start()
         print(f"mllp-worker {index} ready", flush=True)
-        await stop.wait()
+        while not orphaned():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ORPHAN_CHECK)
+            if stop.is_set():
+                break
         await listener.stop()
 
     if stores.authority is not None:
