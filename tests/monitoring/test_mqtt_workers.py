@@ -25,7 +25,7 @@ from carebridge.security.policy import SYSTEM
 from carebridge.services.resources import ResourceService
 from carebridge.services.search import SearchService
 from carebridge.testing import ServerProcess, ThrowawayMosquitto
-from carebridge.testing.procfs import child_pids
+from carebridge.testing.procfs import alive, child_pids
 
 
 def _provision(database_url: str) -> tuple[str, str, str]:
@@ -120,14 +120,6 @@ def test_serve_starts_and_stops_its_mqtt_workers(tmp_path: Path,
             f"/proc/{pid}/stat").read_bytes().split(b")")[1][:3]  # gone (or a zombie)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_mqtt_workers_stop_when_the_server_is_killed(tmp_path: Path,
                                                     mosquitto_server: ThrowawayMosquitto,
                                                     ) -> None:
@@ -138,8 +130,8 @@ def test_mqtt_workers_stop_when_the_server_is_killed(tmp_path: Path,
                                                      "--mqtt-workers", "1")).start()
     try:
         [worker] = wait_for(lambda: child_pids(server.pid))
-        assert _alive(worker)
+        assert alive(worker)
         os.kill(server.pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(worker), timeout=20)
+        wait_for(lambda: not alive(worker), timeout=20)
     finally:
         server.stop()

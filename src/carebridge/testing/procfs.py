@@ -38,3 +38,12 @@ def tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             total += cpu_seconds(one)
     return total
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        state = _stat(pid)[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -23,7 +23,7 @@ from carebridge.storage import readset as readset_module
 from carebridge.storage.base import StoredVersion, Write
 from carebridge.storage.readset import ReadSet, RecordingSession, WriteDuringSpeculation
 from carebridge.testing import free_port
-from carebridge.testing.procfs import child_pids, cpu_seconds
+from carebridge.testing.procfs import alive, child_pids, cpu_seconds
 from carebridge.testing.server import ServerProcess
 
 from .conftest import ack_fields, stored
@@ -211,14 +211,6 @@ def test_serve_with_mllp_workers_shares_the_port(database_url: str) -> None:
         repository.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_mllp_workers_stop_when_the_server_is_killed(database_url: str) -> None:
     """A server killed outright (SIGKILL: no chance to stop its children) does not leave its
@@ -235,10 +227,10 @@ def test_mllp_workers_stop_when_the_server_is_killed(database_url: str) -> None:
             time.sleep(0.1)
         [worker] = child_pids(server.pid)
         time.sleep(2)
-        assert _alive(worker)
+        assert alive(worker)
         os.kill(server.pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
-        while _alive(worker):
+        while alive(worker):
             assert time.monotonic() < deadline, "the orphaned MLLP worker kept running"
             time.sleep(0.2)
     finally:
