@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import subprocess
+import sys
 from abc import ABC, abstractmethod
 
 from starlette.applications import Starlette
@@ -41,10 +42,12 @@ def orphaned() -> bool:
 
 
 class ChildProcesses(ABC):
-    """``count`` children of one kind; subclasses give :meth:`command` (and may add to
-    :meth:`environment`)."""
+    """``count`` children of one kind: ``carebridge <subcommand>`` with the server's database,
+    validation mode and development flag, plus the options of the kind (:meth:`options`);
+    subclasses may add to :meth:`environment`."""
 
     kind = "worker"
+    subcommand = ""
 
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings = settings
@@ -52,8 +55,15 @@ class ChildProcesses(ABC):
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @abstractmethod
+    def options(self) -> list[str]:
+        """The command-line options of this kind of child (its way in)."""
+
     def command(self, index: int) -> list[str]:
-        """The command line of child ``index``."""
+        s = self.settings
+        command = [sys.executable, "-m", "carebridge", self.subcommand, "--index", str(index),
+                   "--database", s.database_url, "--validation", s.validation,
+                   *self.options()]
+        return [*command, "--insecure-dev"] if s.insecure_dev else command
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 
 from starlette.applications import Starlette
@@ -71,14 +70,11 @@ class WorkerProcesses(ChildProcesses):
     """The server's ``--mqtt-workers``: started with the application, stopped before it."""
 
     kind = "MQTT ingest worker"
+    subcommand = "mqtt-worker"
 
-    def command(self, index: int) -> list[str]:
-        s = self.settings
-        assert s.mqtt_url is not None
-        command = [sys.executable, "-m", "carebridge", "mqtt-worker", "--index", str(index),
-                   "--database", s.database_url, "--mqtt", s.mqtt_url,
-                   "--validation", s.validation]
-        return [*command, "--insecure-dev"] if s.insecure_dev else command
+    def options(self) -> list[str]:
+        assert self.settings.mqtt_url is not None
+        return ["--mqtt", self.settings.mqtt_url]
 
     def environment(self) -> dict[str, str]:
         from carebridge.ingest.devices.mqtt import client_prefix

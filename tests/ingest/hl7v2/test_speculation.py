@@ -235,3 +235,21 @@ def test_mllp_workers_stop_when_the_server_is_killed(database_url: str) -> None:
             time.sleep(0.2)
     finally:
         server.stop()
+
+
+def test_mllp_worker_command_carries_the_listener_settings() -> None:
+    """A worker listens as the server does: same database, host, port, TLS and mode."""
+    from carebridge.config import Settings
+    from carebridge.ingest.hl7v2.workers import MllpWorkers
+
+    settings = Settings(database_url="sqlite:///x.db", host="0.0.0.0", mllp_port=2575,
+                        mllp_workers=1, mllp_tls_cert="c.pem", mllp_tls_key="k.pem",
+                        validation="warn", insecure_dev=True)
+    command = MllpWorkers(settings, 1).command(0)
+    assert command[3:6] == ["mllp-worker", "--index", "0"]
+    pairs = dict(zip(command[4::2], command[5::2], strict=False))
+    assert {k: pairs[k] for k in ("--database", "--host", "--mllp-port", "--mllp-tls-cert",
+                                  "--mllp-tls-key", "--validation")} == {
+        "--database": "sqlite:///x.db", "--host": "0.0.0.0", "--mllp-port": "2575",
+        "--mllp-tls-cert": "c.pem", "--mllp-tls-key": "k.pem", "--validation": "warn"}
+    assert command[-1] == "--insecure-dev"

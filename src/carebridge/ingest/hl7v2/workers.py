@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 
 from starlette.applications import Starlette
 
@@ -43,7 +42,6 @@ def run_worker(settings: Settings, index: int) -> None:
     stores = build_stores(settings)
     listener = Hl7Listener(stores.service, mllp_settings(settings),
                            ledger=stores.authority.ledger if stores.authority else None)
-
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -71,18 +69,17 @@ def run_worker(settings: Settings, index: int) -> None:
 
 class MllpWorkers(ChildProcesses):
     kind = "MLLP worker"
+    subcommand = "mllp-worker"
 
-    def command(self, index: int) -> list[str]:
+    def options(self) -> list[str]:
         s = self.settings
         assert s.mllp_port is not None
-        command = [sys.executable, "-m", "carebridge", "mllp-worker", "--index", str(index),
-                   "--database", s.database_url, "--host", s.host,
-                   "--mllp-port", str(s.mllp_port), "--validation", s.validation]
+        options = ["--host", s.host, "--mllp-port", str(s.mllp_port)]
         if s.mllp_tls_cert:
-            command += ["--mllp-tls-cert", s.mllp_tls_cert]
+            options += ["--mllp-tls-cert", s.mllp_tls_cert]
             if s.mllp_tls_key:
-                command += ["--mllp-tls-key", s.mllp_tls_key]
-        return [*command, "--insecure-dev"] if s.insecure_dev else command
+                options += ["--mllp-tls-key", s.mllp_tls_key]
+        return options
 
 
 def attach_mllp_workers(asgi: Starlette, settings: Settings, count: int) -> ChildProcesses:
