@@ -107,7 +107,7 @@ def index_rows(resource: dict[str, Any]) -> Rows:
     for code, values in extract_stored(resource).items():
         key = (rtype, rid, code)
         texts: set[str] | None = None
-        for value in dict.fromkeys(values):
+        for value in values:  # extract_stored has removed duplicates
             if isinstance(value, TokenValue):
                 if value.code is None and value.system is None and value.text:
                     # A CodeableConcept.text equal to one of its codings' display adds

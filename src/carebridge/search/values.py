@@ -18,6 +18,7 @@ from calendar import monthrange
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 __all__ = [
     "DATE_MAX",
@@ -206,8 +207,12 @@ def _to_utc(moment: datetime, offset: timedelta) -> datetime:
         return DATE_MIN if offset > timedelta(0) else DATE_MAX
 
 
+@lru_cache(maxsize=8192)
 def date_range(text: str) -> tuple[datetime, datetime] | None:
     """The range a date/dateTime/instant covers at its precision, in UTC; None if invalid.
+
+    Cached: a bundle or a feed repeats its timestamps (an encounter's period in each of its
+    observations), and the answer is immutable.
 
     A value without a timezone (a date, or a dateTime with only a date) is taken as UTC: the
     spec leaves it to the server (search.html#date), and UTC keeps results independent of

@@ -20,6 +20,10 @@ _REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 # FHIR integer is a signed 32-bit number (datatypes.html#integer).
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
+# Valid string values remembered per type (see checker): at most this many, this long.
+_REMEMBERED_VALUES = 20_000
+_REMEMBERED_LENGTH = 200
+
 # A check returns None when the value is fine, else a human reason.
 PrimitiveCheck = Callable[[object], str | None]
 
@@ -121,10 +125,15 @@ def checker(type_code: str) -> PrimitiveCheck:
         "canonical": "no whitespace",
     }
     expected = formats.get(type_code, "")
+    # Short values seen valid before (codes, systems, dates, references repeat across
+    # resources): a set look-up instead of the regex. Bounded; emptied when full.
+    valid: set[str] = set()
 
     def check_string(value: object) -> str | None:
         if not isinstance(value, str):
             return f"must be a JSON string ({type_code}), not {_kind_name(value)} {value!r}"
+        if value in valid:
+            return None
         if pattern is not None and not pattern.fullmatch(value):
             shown = value if len(value) <= 60 else value[:57] + "..."
             hint = f" (expected {expected})" if expected else ""
@@ -133,5 +142,9 @@ def checker(type_code: str) -> PrimitiveCheck:
             return f"{value!r} is not a valid {type_code}: no such calendar date"
         if type_code in ("string", "markdown") and len(value) > 1024 * 1024:
             return f"{type_code} values are limited to 1 MB"
+        if len(value) <= _REMEMBERED_LENGTH:
+            if len(valid) >= _REMEMBERED_VALUES:
+                valid.clear()
+            valid.add(value)
         return None
     return check_string
