@@ -95,6 +95,9 @@ def generate() -> Iterator[dict[str, Any]]:
                "prediction": [{"probabilityDecimal": n * 37 % 10000 / 10000}]}
         yield {"resourceType": "ValueSet", "id": f"vs{n}", "status": "active",
                "url": f"http://example.org/fhir/ValueSet/group{n % 50}/vs{n}"}
+        yield {"resourceType": "QuestionnaireResponse", "id": f"qr{n}", "status": "completed",
+               "questionnaire": f"http://example.org/fhir/Questionnaire/q{n % 300}",
+               "subject": _reference(f"Patient/p{n}")}
         for k in range(OBSERVATIONS_PER_PATIENT):
             m = n * OBSERVATIONS_PER_PATIENT + k
             code = CODES[m % len(CODES)]
@@ -282,6 +285,7 @@ SEARCHES = [
     "Observation?subject=p7",
     "Observation?subject:Patient=p7&code=" + CODES[21],
     "Encounter?patient=Patient/p9",
+    "QuestionnaireResponse?questionnaire=http://example.org/fhir/Questionnaire/q17",
     # uri
     "ValueSet?url=http://example.org/fhir/ValueSet/group3/vs3",
     "ValueSet?url:below=http://example.org/fhir/ValueSet/group3/",

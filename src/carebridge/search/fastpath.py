@@ -73,7 +73,7 @@ def walk(start: Any, steps: tuple[Step, ...]) -> list[Any]:
             if value is None:
                 continue
             if type(value) is list:
-                found.extend(v for v in value if v is not None)
+                found.extend(value if None not in value else [v for v in value if v is not None])
             else:
                 found.append(value)
         if step.where is not None:
