@@ -19,6 +19,7 @@ from carebridge.app import InsecureRefused, build_application
 from carebridge.config import Settings
 from carebridge.demo import data_dir, demo_master_key
 from carebridge.ingest.hl7v2.commands import hl7_app
+from carebridge.runtime import settle as settle_gc
 from carebridge.security import logfilter
 from carebridge.security.commands import (
     audit_app,
@@ -88,6 +89,7 @@ def _serve(settings: Settings) -> None:
     else:
         console.print(f"  authentication required; SMART configuration at "
                       f"{settings.base_url}/fhir/.well-known/smart-configuration")
+    settle_gc()  # the application is built: its long-lived heap leaves the collector
     uvicorn.run(application.asgi, host=settings.host, port=settings.port, log_level="warning",
                 access_log=False, ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
 

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 
 from carebridge.config import Settings
 from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
+from carebridge.runtime import settle as settle_gc
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def run_worker(settings: Settings, index: int) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    settle_gc()
     if stores.authority is not None:
         stores.authority.start()
     gateway.start()

@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 
 from carebridge.config import Settings
 from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
+from carebridge.runtime import settle as settle_gc
 
 
 def run_worker(settings: Settings, index: int) -> None:
@@ -57,6 +58,7 @@ def run_worker(settings: Settings, index: int) -> None:
                 break
         await listener.stop()
 
+    settle_gc()
     if stores.authority is not None:
         stores.authority.start()
     try:
