@@ -41,8 +41,14 @@ __all__ = [
 DATE_MIN = datetime.min.replace(tzinfo=UTC)
 DATE_MAX = datetime.max.replace(tzinfo=UTC)
 
+# The value classes below are immutable by convention: hashed (extraction de-duplicates with
+# dict.fromkeys) and never changed after they are made. They are not ``frozen=True``: a
+# frozen dataclass sets each field through object.__setattr__, which made construction 3.8x
+# slower here (0.63 against 0.17 us for five fields), and extraction makes ~15 per resource
+# (-10 % of extraction time on Synthea resources).
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class TokenValue:
     """A code, identifier, contact point or plain token (search.html#token).
 
@@ -57,7 +63,7 @@ class TokenValue:
     type_code: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StringValue:
     """A string as written, and its accent-, case- and whitespace-insensitive form."""
 
@@ -65,7 +71,7 @@ class StringValue:
     normalized: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DateValue:
     """The implicit range of a date/time, a Period or a Timing event, timezone-aware UTC."""
 
@@ -73,14 +79,14 @@ class DateValue:
     end: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class NumberValue:
     value: Decimal
     low: Decimal
     high: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class QuantityValue:
     """A Quantity (Age, Duration, Money, ...) or a Range.
 
@@ -97,7 +103,7 @@ class QuantityValue:
     unit: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ReferenceValue:
     """A reference to another resource, literal or logical (search.html#reference).
 
@@ -115,12 +121,12 @@ class ReferenceValue:
     url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class UriValue:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CompositeValue:
     """One item of a composite parameter's base expression: component code -> its values."""
 
