@@ -95,6 +95,13 @@ def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:
     if len(value.components) < 2:
         return
     firsts = [v for v in value.components[0][1] if isinstance(v, TokenValue)]
+    coded = [v for v in firsts if v.code is not None or v.system is not None]
+    if coded:
+        # A text-only first component (CodeableConcept.text) gives rows with no code and no
+        # system: a search constraining the code or system cannot match them, and one that
+        # does not matches the coded rows beside them, which carry the same second parts.
+        # (About a third of Observation composite rows in Synthea data.)
+        firsts = coded
     for first in firsts:
         for second in value.components[1][1]:
             yield (first.system, first.code, *_component_parts(second))
