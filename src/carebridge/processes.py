@@ -17,11 +17,18 @@ import os
 import subprocess
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
 from carebridge.api.lifespan import extend_lifespan
 from carebridge.config import Settings
+from carebridge.runtime import settle as settle_gc
+
+if TYPE_CHECKING:
+    from carebridge.app import Stores
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,21 @@ ORPHAN_CHECK = 1.0  # seconds between a child's looks at whether its server is s
 
 
 PARENT_ENV = "CAREBRIDGE_PARENT_PID"  # set for each child: the server that started it
+
+
+@contextmanager
+def serving(stores: Stores) -> Iterator[None]:
+    """A child's stores in service: the collector settled (carebridge.runtime), the audit
+    writer started; afterwards the audit ledger flushed and the repository closed."""
+    settle_gc()
+    if stores.authority is not None:
+        stores.authority.start()
+    try:
+        yield
+    finally:
+        if stores.authority is not None:
+            stores.authority.close()  # flushes the audit ledger
+        stores.repository.close()
 
 
 def orphaned() -> bool:

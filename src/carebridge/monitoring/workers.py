@@ -24,8 +24,13 @@ import threading
 from starlette.applications import Starlette
 
 from carebridge.config import Settings
-from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
-from carebridge.runtime import settle as settle_gc
+from carebridge.processes import (
+    ORPHAN_CHECK,
+    ChildProcesses,
+    attach_children,
+    orphaned,
+    serving,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +51,21 @@ def run_worker(settings: Settings, index: int) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    settle_gc()
-    if stores.authority is not None:
-        stores.authority.start()
-    gateway.start()
-    ingest.start()
-    try:
-        for _ in range(60):  # until subscribed: the broker then sends this process its share
-            if ingest.connected.wait(ORPHAN_CHECK):
-                print(f"mqtt-worker {index} ready", flush=True)
-                break
-            if stop.is_set() or orphaned():
-                break
-        while not stop.wait(ORPHAN_CHECK) and not orphaned():
-            pass
-    finally:
-        ingest.stop()  # leave the shared group first, so the broker feeds the others
-        gateway.stop()
-        if stores.authority is not None:
-            stores.authority.close()  # flushes the audit ledger
-        stores.repository.close()
+    with serving(stores):
+        gateway.start()
+        ingest.start()
+        try:
+            for _ in range(60):  # until subscribed: the broker then sends this process its share
+                if ingest.connected.wait(ORPHAN_CHECK):
+                    print(f"mqtt-worker {index} ready", flush=True)
+                    break
+                if stop.is_set() or orphaned():
+                    break
+            while not stop.wait(ORPHAN_CHECK) and not orphaned():
+                pass
+        finally:
+            ingest.stop()  # leave the shared group first, so the broker feeds the others
+            gateway.stop()
 
 
 class WorkerProcesses(ChildProcesses):

@@ -29,8 +29,13 @@ import signal
 from starlette.applications import Starlette
 
 from carebridge.config import Settings
-from carebridge.processes import ORPHAN_CHECK, ChildProcesses, attach_children, orphaned
-from carebridge.runtime import settle as settle_gc
+from carebridge.processes import (
+    ORPHAN_CHECK,
+    ChildProcesses,
+    attach_children,
+    orphaned,
+    serving,
+)
 
 
 def run_worker(settings: Settings, index: int) -> None:
@@ -58,15 +63,8 @@ def run_worker(settings: Settings, index: int) -> None:
                 break
         await listener.stop()
 
-    settle_gc()
-    if stores.authority is not None:
-        stores.authority.start()
-    try:
+    with serving(stores):
         asyncio.run(main())
-    finally:
-        if stores.authority is not None:
-            stores.authority.close()  # flushes the audit ledger
-        stores.repository.close()
 
 
 class MllpWorkers(ChildProcesses):
