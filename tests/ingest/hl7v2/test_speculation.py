@@ -134,6 +134,31 @@ def test_a_group_with_two_messages_for_one_new_patient(hl7: Hl7Processor,
     assert len(stored(repository, "Encounter")) == 2
 
 
+def oru(control: str, value: str, status: str = "F") -> bytes:
+    return (f"MSH|^~\\&|LAB|GH|CB|CB|20240101||ORU^R01|{control}|P|2.5.1\r"
+            "PID|1||P5^^^GH^MR||Doe^Pat||19900101|F\r"
+            "OBR|1||ORD5^LAB|24331-1^Lipid panel^LN|||20240101\r"
+            f"OBX|1|NM|2093-3^Cholesterol^LN||{value}|mg/dL|||||{status}\r").encode()
+
+
+def test_a_group_with_two_messages_for_one_new_result(hl7: Hl7Processor,
+                                                      repository: Repository,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result and its correction in one group, neither stored before: both look the
+    Observation up by its identifier and find none; under the lock the second's look-up
+    finds the first's, so it runs again and corrects that Observation instead of making a
+    second one with the same identifier."""
+    answers = count_holds(monkeypatch)
+    outcomes = hl7.commit_group([item(hl7, oru("O1", "180")),
+                                 item(hl7, oru("O2", "185", status="C"))])
+    assert [o.ack_code for o in outcomes] == ["AA", "AA"]
+    assert answers == [True, False]
+    [observation] = stored(repository, "Observation")
+    assert observation["valueQuantity"]["value"] == 185
+    assert observation["status"] == "corrected"
+    assert observation["meta"]["versionId"] == "2"
+
+
 def test_speculation_stores_what_running_under_the_lock_stores(tmp_path: Path) -> None:
     """The same ADT/ORU stream with and without speculation leaves the same resources."""
     from .test_kill9 import message

@@ -31,7 +31,7 @@ from carebridge.ingest.hl7v2.mapping import (
     Lookup,
     Mapped,
     Source,
-    keyed_id,
+    identified_ids,
     sending_facility,
 )
 from carebridge.ingest.hl7v2.observations import add_notes, observation
@@ -50,7 +50,7 @@ def map_vxu(message: Message, lookup: Lookup) -> Mapped:
         raise MessageError("VXU^V04 needs at least one RXA segment", SEGMENT_SEQUENCE_ERROR,
                            "RXA", 1)
     for orc, rxa, rxr, obxs in groups:
-        _immunization(message, orc, rxa, rxr, obxs, patient, encounter, mapped)
+        _immunization(message, orc, rxa, rxr, obxs, patient, encounter, mapped, lookup)
     return mapped
 
 
@@ -72,7 +72,7 @@ def _groups(message: Message
 
 def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segment | None,
                   obxs: list[Segment], subject: str, encounter: str | None,
-                  mapped: Mapped) -> None:
+                  mapped: Mapped, lookup: Lookup) -> None:
     vaccine = cwe_concept(rxa.first(5))
     if vaccine is None:
         raise MessageError("RXA-5 (administered code) is required", REQUIRED_FIELD_MISSING,
@@ -150,15 +150,15 @@ def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segm
     else:
         entry = mapped.add(Entry(resource, "POST", "Immunization", source_ref))
         key_system, key_value = OBSERVATION_KEY + "immunization", f"{message.control_id}"
-    for obx in obxs:
+    values = [f"{key_value}/{obx.value(1) or obx.sequence}" for obx in obxs]
+    ids = identified_ids(lookup, "Observation", key_system, values) if obxs else []
+    for obx, value, rid in zip(obxs, values, ids, strict=True):
         obs = observation(obx, subject, encounter, occurred)
         add_notes(obs, message, obx)
         obs["partOf"] = [{"reference": entry.reference}]
-        obs["identifier"] = [{"system": key_system,
-                              "value": f"{key_value}/{obx.value(1) or obx.sequence}"}]
-        obs["id"] = keyed_id("Observation", obs["identifier"][0])
-        mapped.add(Entry(obs, "PUT", f"Observation/{obs['id']}",
-                         Source("OBX", obx.sequence, 5)))
+        obs["identifier"] = [{"system": key_system, "value": value}]
+        obs["id"] = rid
+        mapped.add(Entry(obs, "PUT", f"Observation/{rid}", Source("OBX", obx.sequence, 5)))
 
 
 def instant_or_none(value: str) -> str | None:

@@ -36,3 +36,13 @@ class SessionLookup:
         if version is None or version.body is None:
             return None
         return Current(version.id, version.version, orjson.loads(version.body))
+
+    def identified(self, resource_type: str, system: str, values: list[str]) -> dict[str, str]:
+        self.policy.authorize(self.caller, Action.SEARCH, resource_type)
+        found = self.search.ids_by_token(self.session, resource_type, "identifier", system,
+                                         values)
+        for value, ids in found.items():
+            if len(ids) > 1:
+                raise MessageError(f"{resource_type}?identifier={system}|{value} matches more"
+                                   " than one resource", DUPLICATE_KEY_IDENTIFIER)
+        return {value: ids[0] for value, ids in found.items()}

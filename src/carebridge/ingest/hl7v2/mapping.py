@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from carebridge.fhir.resource import new_id
 from carebridge.ingest.hl7v2.datatypes import Json, cx_identifier, token
 from carebridge.ingest.hl7v2.errors import REQUIRED_FIELD_MISSING, MessageError
 from carebridge.ingest.hl7v2.parsing import Composite, Message, Segment
@@ -35,6 +36,11 @@ class Current:
 class Lookup(Protocol):
     def find(self, resource_type: str, criteria: str) -> Current | None:
         """The one resource matching ``criteria`` (a search query string), or None."""
+        ...
+
+    def identified(self, resource_type: str, system: str, values: list[str]) -> dict[str, str]:
+        """Business identifier value -> id of the one resource of ``resource_type`` with
+        identifier ``system|value``, for those of ``values`` that have one (one query)."""
         ...
 
 
@@ -92,15 +98,25 @@ def upsert(resource_type: str, resource: Json, criteria: str, current: Current |
     return Entry(resource, "PUT", f"{resource_type}?{criteria}", source)
 
 
-def keyed_id(resource_type: str, identifier: Json) -> str:
-    """A stable server id derived from a business identifier (UUID v5), for resources only
-    HL7 feeds create (Observations): ``PUT Type/<id>`` then updates the same resource on a
-    resend or correction without a search per resource."""
-    name = f"{resource_type}|{identifier.get('system', '')}|{identifier['value']}"
-    return str(uuid.uuid5(_KEYED_NAMESPACE, name))
+def identified_ids(lookup: Lookup, resource_type: str, system: str,
+                   values: list[str]) -> list[str]:
+    """The id for each of a message's resources of ``resource_type`` identified by
+    ``system|value``: the stored resource's when there is one (a resend or a correction
+    then updates it), else a new server id.
 
-
-_KEYED_NAMESPACE = uuid.UUID("5b0f2d1e-7c1a-4f9e-9a43-8f1c2b6d0e47")
+    One look-up for all of them instead of a conditional update each. New ids are
+    time-ordered (``new_id``) rather than derived from the identifier: a derived id (UUID v5)
+    put every Observation's rows at a random place in each id-keyed index, and that made
+    up a third of the pages a feed writes (bench/hl7v2.py: 3.8 against 4.5 ms of CPU per
+    message). Two messages creating the same new Observation in one group commit stay one:
+    the second's look-up no longer gives the same answer once the first is stored, so it is
+    mapped again (``storage.readset``), and a message mapped under the write lock sees every
+    earlier write."""
+    found = lookup.identified(resource_type, system, values)
+    for value in values:
+        if value not in found:
+            found[value] = new_id()  # one id per value, as a derived id was
+    return [found[value] for value in values]
 
 
 def require(segment: Segment, n: int, name: str) -> Composite:

@@ -32,7 +32,7 @@ from carebridge.ingest.hl7v2.mapping import (
     Lookup,
     Mapped,
     Source,
-    keyed_id,
+    identified_ids,
     patient_key,
     sending_facility,
 )
@@ -84,7 +84,7 @@ def map_oru(message: Message, lookup: Lookup) -> Mapped:
         raise MessageError("ORU^R01 needs at least one OBR segment", SEGMENT_SEQUENCE_ERROR,
                            "OBR", 1)
     for orc, obr, obxs in groups:
-        _report(message, orc, obr, obxs, patient, encounter, mapped)
+        _report(message, orc, obr, obxs, patient, encounter, mapped, lookup)
     return mapped
 
 
@@ -119,7 +119,7 @@ def order_identifier(message: Message, orc: Segment | None, obr: Segment) -> Jso
 
 
 def _report(message: Message, orc: Segment | None, obr: Segment, obxs: list[Segment],
-            subject: str, encounter: str | None, mapped: Mapped) -> None:
+            subject: str, encounter: str | None, mapped: Mapped, lookup: Lookup) -> None:
     identifier = order_identifier(message, orc, obr)
     code = cwe_concept(obr.first(4))
     if code is None:
@@ -150,18 +150,22 @@ def _report(message: Message, orc: Segment | None, obr: Segment, obxs: list[Segm
     seen: set[str] = set()
     # Observation identity: <order system> in the system, <order number>/<OBX key> as value.
     system = OBSERVATION_KEY + quote(identifier.get("system", ""), safe="")
+    resources = []
     for obx in obxs:
         resource = observation(obx, subject, encounter, observed)
         add_notes(resource, message, obx)
         key = _observation_key(obx, seen)
         resource["identifier"] = [{"system": system, "value": f"{identifier['value']}/{key}"}]
-        resource["id"] = keyed_id("Observation", resource["identifier"][0])
         if not resource.get("category"):
             resource["category"] = [{"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/observation-category",
                 "code": "laboratory", "display": "Laboratory"}]}]
-        entry = mapped.add(Entry(resource, "PUT",
-                                 f"Observation/{resource['id']}",
+        resources.append((obx, resource))
+    ids = identified_ids(lookup, "Observation", system,
+                         [r["identifier"][0]["value"] for _, r in resources])
+    for (obx, resource), rid in zip(resources, ids, strict=True):
+        resource["id"] = rid
+        entry = mapped.add(Entry(resource, "PUT", f"Observation/{rid}",
                                  Source("OBX", obx.sequence, 5)))
         results.append({"reference": entry.reference})
     if results:
