@@ -137,6 +137,16 @@ class SearchService:
         params = parse_qsl(criteria, keep_blank_values=True)
         if not params:
             raise BadRequest(f"Conditional criteria {criteria!r} are empty")
+        if len(params) == 1 and _stored_token(resource_type, params[0][0]):
+            # The usual criteria (``identifier=system|value``): one index look-up, no query
+            # planning (the same rows match; tests/search/test_ids_by_token.py).
+            value = params[0][1]
+            system, bar, code = value.partition("|")
+            # Not for OR (","), escapes ("\\") or a second "|" (parse_query's errors).
+            if bar and system and code and not any(c in code for c in ",\\|") and not any(
+                    c in system for c in ",\\"):
+                found = self.ids_by_token(session, resource_type, params[0][0], system, [code])
+                return found.get(code, [])[:limit]
         query = parse_query(resource_type, params, strict=True, default_count=limit)
         query.count = limit
         rows = self._page(session, query, None, None)
@@ -809,3 +819,14 @@ def search_bundle(result: SearchResult, base: str, path: str) -> dict[str, Any]:
     if entries:  # JSON arrays are never empty in FHIR (http://hl7.org/fhir/R4/json.html)
         bundle["entry"] = entries
     return bundle
+
+
+@cache
+def _stored_token(resource_type: str, code: str) -> bool:
+    """Whether ``code`` is a token parameter of ``resource_type`` with index rows of its own."""
+    try:
+        parameter = registry.search_parameters_for(resource_type).get(code)
+    except KeyError:
+        return False
+    return (parameter is not None and parameter.get("type") == "token"
+            and not is_alias(resource_type, code))
