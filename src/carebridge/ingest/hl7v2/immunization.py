@@ -31,7 +31,8 @@ from carebridge.ingest.hl7v2.mapping import (
     Lookup,
     Mapped,
     Source,
-    identified_ids,
+    keyed_entry,
+    known_ids,
     sending_facility,
 )
 from carebridge.ingest.hl7v2.observations import add_notes, observation
@@ -150,15 +151,17 @@ def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segm
     else:
         entry = mapped.add(Entry(resource, "POST", "Immunization", source_ref))
         key_system, key_value = OBSERVATION_KEY + "immunization", f"{message.control_id}"
-    values = [f"{key_value}/{obx.value(1) or obx.sequence}" for obx in obxs]
-    ids = identified_ids(lookup, "Observation", key_system, values) if obxs else []
+    values: list[str] = []
+    for obx in obxs:
+        value = f"{key_value}/{obx.value(1) or obx.sequence}"
+        values.append(value if value not in values else f"{value}-{obx.sequence}")
+    ids = known_ids(lookup, "Observation", key_system, values) if obxs else []
     for obx, value, rid in zip(obxs, values, ids, strict=True):
         obs = observation(obx, subject, encounter, occurred)
         add_notes(obs, message, obx)
         obs["partOf"] = [{"reference": entry.reference}]
         obs["identifier"] = [{"system": key_system, "value": value}]
-        obs["id"] = rid
-        mapped.add(Entry(obs, "PUT", f"Observation/{rid}", Source("OBX", obx.sequence, 5)))
+        mapped.add(keyed_entry(obs, rid, Source("OBX", obx.sequence, 5)))
 
 
 def instant_or_none(value: str) -> str | None:

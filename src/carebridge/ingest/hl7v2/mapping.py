@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from carebridge.fhir.resource import new_id
 from carebridge.ingest.hl7v2.datatypes import Json, cx_identifier, token
 from carebridge.ingest.hl7v2.errors import REQUIRED_FIELD_MISSING, MessageError
 from carebridge.ingest.hl7v2.parsing import Composite, Message, Segment
@@ -98,25 +97,30 @@ def upsert(resource_type: str, resource: Json, criteria: str, current: Current |
     return Entry(resource, "PUT", f"{resource_type}?{criteria}", source)
 
 
-def identified_ids(lookup: Lookup, resource_type: str, system: str,
-                   values: list[str]) -> list[str]:
-    """The id for each of a message's resources of ``resource_type`` identified by
-    ``system|value``: the stored resource's when there is one (a resend or a correction
-    then updates it), else a new server id.
+def known_ids(lookup: Lookup, resource_type: str, system: str,
+              values: list[str]) -> list[str | None]:
+    """For each of a message's resources of ``resource_type`` identified by ``system|value``
+    (distinct values): the stored resource's id when there is one (a resend or a correction
+    then updates it with ``PUT``), else None (it is created with ``POST``).
 
-    One look-up for all of them instead of a conditional update each. New ids are
-    time-ordered (``new_id``) rather than derived from the identifier: a derived id (UUID v5)
-    put every Observation's rows at a random place in each id-keyed index, and that made
-    up a third of the pages a feed writes (bench/hl7v2.py: 3.8 against 4.5 ms of CPU per
-    message). Two messages creating the same new Observation in one group commit stay one:
-    the second's look-up no longer gives the same answer once the first is stored, so it is
-    mapped again (``storage.readset``), and a message mapped under the write lock sees every
-    earlier write."""
+    One look-up for all of them instead of a conditional update each, and new ones get
+    ordinary server ids: ids derived from the identifier (UUID v5, as before) put every
+    Observation's rows at a random place in each id-keyed index, a third of the pages a
+    feed wrote (bench/hl7v2.py: 3.8 against 4.5 ms of CPU per message). Two messages
+    creating the same new Observation in one group commit stay one: the second's look-up no
+    longer gives the same answer once the first is stored, so it is mapped again
+    (``storage.readset``), and a message mapped under the write lock sees every earlier
+    write."""
     found = lookup.identified(resource_type, system, values)
-    for value in values:
-        if value not in found:
-            found[value] = new_id()  # one id per value, as a derived id was
-    return [found[value] for value in values]
+    return [found.get(value) for value in values]
+
+
+def keyed_entry(resource: Json, rid: str | None, source: Source) -> Entry:
+    """The entry writing ``resource``: an update of ``rid``, or a create when it is None."""
+    rtype = resource["resourceType"]
+    if rid is None:
+        return Entry(resource, "POST", rtype, source)
+    return Entry({**resource, "id": rid}, "PUT", f"{rtype}/{rid}", source)
 
 
 def require(segment: Segment, n: int, name: str) -> Composite:

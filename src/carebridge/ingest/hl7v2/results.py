@@ -32,7 +32,8 @@ from carebridge.ingest.hl7v2.mapping import (
     Lookup,
     Mapped,
     Source,
-    identified_ids,
+    keyed_entry,
+    known_ids,
     patient_key,
     sending_facility,
 )
@@ -161,12 +162,10 @@ def _report(message: Message, orc: Segment | None, obr: Segment, obxs: list[Segm
                 "system": "http://terminology.hl7.org/CodeSystem/observation-category",
                 "code": "laboratory", "display": "Laboratory"}]}]
         resources.append((obx, resource))
-    ids = identified_ids(lookup, "Observation", system,
-                         [r["identifier"][0]["value"] for _, r in resources])
+    ids = known_ids(lookup, "Observation", system,
+                    [r["identifier"][0]["value"] for _, r in resources])
     for (obx, resource), rid in zip(resources, ids, strict=True):
-        resource["id"] = rid
-        entry = mapped.add(Entry(resource, "PUT", f"Observation/{rid}",
-                                 Source("OBX", obx.sequence, 5)))
+        entry = mapped.add(keyed_entry(resource, rid, Source("OBX", obx.sequence, 5)))
         results.append({"reference": entry.reference})
     if results:
         report["result"] = results
