@@ -134,6 +134,20 @@ def test_a_group_with_two_messages_for_one_new_patient(hl7: Hl7Processor,
     assert len(stored(repository, "Encounter")) == 2
 
 
+def test_a_resend_in_the_same_group_is_answered_from_the_archive(
+        hl7: Hl7Processor, repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message and its resend (same MSH-10) in one group: both were speculated against a
+    store without either; under the lock the first is stored, and the second's recorded
+    archive look-up now finds it, so it is answered as a resend and changes nothing."""
+    answers = count_holds(monkeypatch)
+    outcomes = hl7.commit_group([item(hl7, adt("R7", "P6")), item(hl7, adt("R7", "P6"))])
+    assert [(o.ack_code, o.duplicate) for o in outcomes] == [("AA", False), ("AA", True)]
+    assert answers == [True, False]
+    assert len(patients_with(repository, "P6")) == 1
+    assert MessageStore(repository).count_archived() == 1
+    assert outcomes[1].archive_id == outcomes[0].archive_id
+
+
 def oru(control: str, value: str, status: str = "F") -> bytes:
     return (f"MSH|^~\\&|LAB|GH|CB|CB|20240101||ORU^R01|{control}|P|2.5.1\r"
             "PID|1||P5^^^GH^MR||Doe^Pat||19900101|F\r"

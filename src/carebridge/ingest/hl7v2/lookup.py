@@ -25,17 +25,21 @@ class SessionLookup:
         self.caller = caller
 
     def find(self, resource_type: str, criteria: str) -> Current | None:
+        found = self.find_id(resource_type, criteria)
+        if found is None:
+            return None
+        version = self.session.read(resource_type, found)
+        if version is None or version.body is None:
+            return None
+        return Current(version.id, version.version, orjson.loads(version.body))
+
+    def find_id(self, resource_type: str, criteria: str) -> str | None:
         self.policy.authorize(self.caller, Action.SEARCH, resource_type)
         ids = self.search.match_ids(self.session, resource_type, criteria, limit=2)
         if len(ids) > 1:
             raise MessageError(f"{resource_type}?{criteria} matches more than one resource",
                                DUPLICATE_KEY_IDENTIFIER)
-        if not ids:
-            return None
-        version = self.session.read(resource_type, ids[0])
-        if version is None or version.body is None:
-            return None
-        return Current(version.id, version.version, orjson.loads(version.body))
+        return ids[0] if ids else None
 
     def identified(self, resource_type: str, system: str, values: list[str]) -> dict[str, str]:
         self.policy.authorize(self.caller, Action.SEARCH, resource_type)

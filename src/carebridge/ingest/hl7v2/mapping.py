@@ -37,6 +37,10 @@ class Lookup(Protocol):
         """The one resource matching ``criteria`` (a search query string), or None."""
         ...
 
+    def find_id(self, resource_type: str, criteria: str) -> str | None:
+        """The id of the one resource matching ``criteria``, or None (nothing is read)."""
+        ...
+
     def identified(self, resource_type: str, system: str, values: list[str]) -> dict[str, str]:
         """Business identifier value -> id of the one resource of ``resource_type`` with
         identifier ``system|value``, for those of ``values`` that have one (one query)."""

@@ -318,9 +318,8 @@ class Hl7Processor:
                 pending = PendingWrites()
                 token = _GROUP.set(_Group(session, pending, item, self.store, speculative=True))
                 try:
-                    if self.store.find_in(session, item.message.sender,
-                                          item.message.control_id) is not None:
-                        continue  # a resend: answered under the lock
+                    # A resend stops at the archive look-up in run_write (_Duplicate) and is
+                    # answered under the lock.
                     caller = item.caller
                     lookup = SessionLookup(session, self.bundles.search, self.service.policy,
                                            caller)
@@ -343,18 +342,20 @@ class Hl7Processor:
                 item.duplicate, item.archive_id, item.provenance_id = None, None, None
                 item.first_write = len(pending.writes)
                 message = item.message
+                guess = speculated.get(id(item))
+                if guess is not None and guess.reads.holds(session):
+                    # Everything the message read is unchanged, including that its control
+                    # id is not archived (looked up after its lock in run_write): its writes
+                    # stand.
+                    pending.writes.extend(guess.pending.writes)
+                    pending.issues.update(guess.pending.issues)
+                    _archive(session, pending, item, self.store)
+                    continue
                 # A resend is answered before mapping: its mapping may no longer apply (the
                 # archive row, looked up again under the lock in run_write, is the record).
                 found = self.store.find_in(session, message.sender, message.control_id)
                 if found is not None:
                     item.duplicate = found
-                    continue
-                guess = speculated.get(id(item))
-                if guess is not None and guess.reads.holds(session):
-                    # Everything the message read is unchanged: its writes stand.
-                    pending.writes.extend(guess.pending.writes)
-                    pending.issues.update(guess.pending.issues)
-                    _archive(session, pending, item, self.store)
                     continue
                 token = _GROUP.set(_Group(session, pending, item, self.store))
                 mapped: Mapped | None = None

@@ -48,13 +48,14 @@ OBSERVATION_KEY = "urn:carebridge:hl7v2:observation:"
 def subject_entries(message: Message, mapped: Mapped,
                     lookup: Lookup) -> tuple[str, str | None]:
     """References to the Patient (and the Encounter when PV1-19 is valued): the stored
-    ones when known (read in the message's transaction), else new ones created from PID/PV1
-    by conditional create (If-None-Exist), so a concurrent creator is not duplicated."""
+    ones when known (looked up in the message's transaction; only their ids are needed),
+    else new ones created from PID/PV1 by conditional create (If-None-Exist), so a
+    concurrent creator is not duplicated."""
     pid = message.require("PID")
     key = patient_key(message, pid)
-    known = lookup.find("Patient", key.criteria)
+    known = lookup.find_id("Patient", key.criteria)
     if known is not None:
-        patient = f"Patient/{known.id}"
+        patient = f"Patient/{known}"
     else:
         patient = mapped.add(Entry(patient_resource(message, pid), "POST", "Patient",
                                    Source("PID", pid.sequence, 3),
@@ -65,9 +66,9 @@ def subject_entries(message: Message, mapped: Mapped,
     visit = cx_identifier(pv1.first(19), sending_facility(message))
     assert visit is not None
     criteria = f"identifier={token(visit)}"
-    visit_known = lookup.find("Encounter", criteria)
+    visit_known = lookup.find_id("Encounter", criteria)
     if visit_known is not None:
-        return patient, f"Encounter/{visit_known.id}"
+        return patient, f"Encounter/{visit_known}"
     system, code, display = PATIENT_CLASS.get(pv1.value(2).upper(), PATIENT_CLASS["U"])
     encounter = mapped.add(Entry(
         {"resourceType": "Encounter", "identifier": [visit], "status": "unknown",
