@@ -115,6 +115,9 @@ def server(database_url: str, mosquitto_server: ThrowawayMosquitto,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """``carebridge serve`` as deployed (authentication and audit on) with MLLP and MQTT."""
     monkeypatch.setenv("CAREBRIDGE_MQTT_CLIENT_ID", f"audit-test-{uuid.uuid4().hex[:8]}")
+    # Its own shared group: a server another test killed stays in the default group until
+    # its session expires, and the broker would queue part of these readings for it.
+    monkeypatch.setenv("CAREBRIDGE_MQTT_GROUP", f"audit-test-{uuid.uuid4().hex[:8]}")
     monkeypatch.delenv("CAREBRIDGE_MASTER_KEY_FILE", raising=False)
     mllp_port = free_port()
     application = build_application(Settings(

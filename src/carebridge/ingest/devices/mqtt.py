@@ -21,6 +21,13 @@ Each worker's client id must be stable across restarts (its session is resumed) 
 among live workers: ``carebridge-{hostname}-{n}`` by default, ``CAREBRIDGE_MQTT_CLIENT_ID``
 to choose the prefix (e.g. when several servers share a host).
 
+The shared-subscription group is ``carebridge`` unless ``CAREBRIDGE_MQTT_GROUP`` names
+another: deployments on one broker with different groups each receive every reading (say,
+a staging server beside production). A worker that stopped without ending its session stays
+in its group until the session expires (60 s) and the broker queues its share for it, which
+a restart with the same client id takes up; a server started with a new client id meanwhile
+(as tests do) does not.
+
 The device credential travels as an MQTT 5 user property ``authorization: Bearer <secret>``
 or, for the compact form, as a ``"secret"`` member of the (first) reading.
 """
@@ -47,7 +54,7 @@ from carebridge.ingest.devices.gateway import DeviceGateway, IngestResult, Prepa
 
 log = logging.getLogger(__name__)
 
-GROUP = "carebridge"
+GROUP = "carebridge"  # default shared-subscription group (CAREBRIDGE_MQTT_GROUP)
 OBSERVATIONS = "carebridge/devices/+/observations"
 HEARTBEAT = "carebridge/devices/+/heartbeat"
 
@@ -55,6 +62,11 @@ HEARTBEAT = "carebridge/devices/+/heartbeat"
 def client_prefix() -> str:
     """The prefix of this host's worker client ids (see the module doc)."""
     return os.environ.get("CAREBRIDGE_MQTT_CLIENT_ID") or f"carebridge-{socket.gethostname()}"
+
+
+def group_name() -> str:
+    """The shared-subscription group of this deployment's workers (see the module doc)."""
+    return os.environ.get("CAREBRIDGE_MQTT_GROUP") or GROUP
 
 
 def broker_address(url: str) -> tuple[str, int]:
@@ -77,15 +89,18 @@ def credential(message: mqtt.MQTTMessage, data: Any) -> str | None:
 
 class MqttIngest:
     def __init__(self, gateway: DeviceGateway, url: str, *, client_id: str,
-                 group: str = GROUP, receive_maximum: int = 1000) -> None:
+                 group: str | None = None, receive_maximum: int = 1000) -> None:
         self.gateway = gateway
         self.host, self.port = broker_address(url)
-        self.group = group
+        self.group = group or group_name()
         self.receive_maximum = receive_maximum
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        # Set once the broker has granted the subscriptions (SUBACK), not at CONNACK: a
+        # reading published in between would find no subscriber and be dropped.
         self.connected = threading.Event()
         self.received = 0
         self.in_flight = 0
@@ -124,7 +139,13 @@ class MqttIngest:
                     properties: Any) -> None:
         client.subscribe([(f"$share/{self.group}/{OBSERVATIONS}", 1),
                           (f"$share/{self.group}/{HEARTBEAT}", 1)])
-        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: list[Any], properties: Any) -> None:
+        if reason_codes and not any(code.is_failure for code in reason_codes):
+            self.connected.set()
+        else:
+            log.error("MQTT subscription refused: %s", reason_codes)
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
