@@ -375,3 +375,23 @@ def test_the_detectors_detect(database: Database) -> None:
     else:
         assert postgres_full_scans(plan)
 
+
+
+def test_conditional_identifier_look_ups_use_indexes(database: Database) -> None:
+    """The look-ups conditional writes and HL7 v2 results make by business identifier
+    (SearchService.ids_by_token: one value, or many at once) read the token lookup index."""
+    database.recording.log.clear()
+    with database.recording.session() as session:
+        assert database.search.match_ids(session, "Patient", "identifier=urn:mrn|77")
+        found = database.search.ids_by_token(session, "Patient", "identifier", "urn:mrn",
+                                             ["77", "78", "79", "no-such-mrn"])
+    assert sorted(found) == ["77", "78", "79"]
+    statements = list(database.recording.log)
+    assert len(statements) == 2
+    for sql, params in statements:
+        plan = database.explain(sql, params)
+        if database.repository.dialect == "sqlite":
+            bad = sqlite_full_scans(sql, plan)
+        else:
+            bad = postgres_full_scans(plan)
+        assert not bad, f"{sql}\n  " + "\n  ".join(plan)
