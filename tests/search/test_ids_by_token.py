@@ -76,3 +76,16 @@ def test_match_ids_plans_criteria_the_look_up_does_not_cover(service: ResourceSe
         assert ids("identifier=x") == ["o1", "o4"]  # any system
         assert ids(f"identifier={SYSTEM_A}|x&status=final") == ["o1"]  # two parameters
         assert ids(f"identifier:not={SYSTEM_A}|x") == ["o2", "o3", "o4"]  # a modifier
+
+
+def test_the_look_up_is_taken_only_for_stored_token_parameters() -> None:
+    from carebridge.services.search import _stored_token
+
+    assert _stored_token("Observation", "identifier")
+    assert _stored_token("Patient", "_tag")
+    assert not _stored_token("Observation", "_id")  # the resource key: no index rows
+    assert not _stored_token("Observation", "patient")  # read from subject's rows
+    assert not _stored_token("Observation", "combo-code")  # code + component-code rows
+    assert not _stored_token("Observation", "date")  # not a token
+    assert not _stored_token("Observation", "identifier:of-type")
+    assert not _stored_token("NoSuchType", "identifier")

@@ -282,6 +282,12 @@ def _stored_plan(
     return tuple(entry for entry in _plan_for(resource_type) if entry[0] not in skipped)
 
 
+@cache
+def stored_codes(resource_type: str) -> frozenset[str]:
+    """The parameters of ``resource_type`` the search index stores rows for."""
+    return frozenset(entry[0] for entry in _stored_plan(resource_type))
+
+
 def extract_stored(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
     """Code -> values of the parameters the search index stores rows for (those with
     values only): what :mod:`carebridge.search.index` writes."""

@@ -23,6 +23,7 @@ from carebridge.fhir.errors import BadRequest, Issue, operation_outcome
 from carebridge.fhir.subsetting import select_elements, summarize
 from carebridge.search.aliases import is_alias
 from carebridge.search.compiler import Compiler
+from carebridge.search.extract import stored_codes
 from carebridge.search.planner import (
     COUNT_CAP,
     DEFAULT_CAP,
@@ -823,10 +824,11 @@ def search_bundle(result: SearchResult, base: str, path: str) -> dict[str, Any]:
 
 @cache
 def _stored_token(resource_type: str, code: str) -> bool:
-    """Whether ``code`` is a token parameter of ``resource_type`` with index rows of its own."""
+    """Whether ``code`` is a token parameter of ``resource_type`` with index rows of its own
+    (not ``_id``, which is the resource key, nor an alias answered from other rows)."""
     try:
         parameter = registry.search_parameters_for(resource_type).get(code)
+        stored = code in stored_codes(resource_type)
     except KeyError:
         return False
-    return (parameter is not None and parameter.get("type") == "token"
-            and not is_alias(resource_type, code))
+    return parameter is not None and parameter.get("type") == "token" and stored
