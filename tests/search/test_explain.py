@@ -350,10 +350,8 @@ def run(database: Database, search: str) -> list[tuple[str, list[Any]]]:
     return list(database.recording.log)
 
 
-@pytest.mark.parametrize("search", SEARCHES)
-def test_search_uses_indexes(database: Database, search: str) -> None:
-    statements = run(database, search)
-    assert statements
+def full_scans(database: Database, statements: list[tuple[str, list[Any]]]) -> list[str]:
+    """Each statement whose plan reads a whole table, with that plan."""
     problems = []
     for sql, params in statements:
         plan = database.explain(sql, params)
@@ -363,6 +361,14 @@ def test_search_uses_indexes(database: Database, search: str) -> None:
             bad = postgres_full_scans(plan)
         if bad:
             problems.append(f"{sql}\n  " + "\n  ".join(plan))
+    return problems
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_uses_indexes(database: Database, search: str) -> None:
+    statements = run(database, search)
+    assert statements
+    problems = full_scans(database, statements)
     assert not problems, "full scans:\n" + "\n\n".join(problems)
 
 
@@ -388,10 +394,5 @@ def test_conditional_identifier_look_ups_use_indexes(database: Database) -> None
     assert sorted(found) == ["77", "78", "79"]
     statements = list(database.recording.log)
     assert len(statements) == 2
-    for sql, params in statements:
-        plan = database.explain(sql, params)
-        if database.repository.dialect == "sqlite":
-            bad = sqlite_full_scans(sql, plan)
-        else:
-            bad = postgres_full_scans(plan)
-        assert not bad, f"{sql}\n  " + "\n  ".join(plan)
+    problems = full_scans(database, statements)
+    assert not problems, "full scans:\n" + "\n\n".join(problems)
