@@ -142,10 +142,9 @@ class SearchService:
             # The usual criteria (``identifier=system|value``): one index look-up, no query
             # planning (the same rows match; tests/search/test_ids_by_token.py).
             value = params[0][1]
-            system, bar, code = value.partition("|")
+            system, _, code = value.partition("|")
             # Not for OR (","), escapes ("\\") or a second "|" (parse_query's errors).
-            if bar and system and code and not any(c in code for c in ",\\|") and not any(
-                    c in system for c in ",\\"):
+            if system and code and "|" not in code and "," not in value and "\\" not in value:
                 found = self.ids_by_token(session, resource_type, params[0][0], system, [code])
                 return found.get(code, [])[:limit]
         query = parse_query(resource_type, params, strict=True, default_count=limit)
@@ -159,8 +158,9 @@ class SearchService:
         ``param`` has the token ``system|code`` (those with none are left out), as
         ``match_ids(resource_type, "param=system|code")`` would give them, in one index-only
         query over the lookup index (type, param, code, system, id) for many codes at once
-        (business identifiers of a message's results). Not for aliased parameters."""
-        if is_alias(resource_type, param):
+        (business identifiers of a message's results). Only for parameters with index rows of
+        their own (not ``_id``, nor an alias)."""
+        if param not in stored_codes(resource_type):
             raise ValueError(f"{resource_type} {param} has no index rows of its own")
         mark = self._dialect_mark()
         found: dict[str, list[str]] = {}

@@ -155,7 +155,7 @@ def _immunization(message: Message, orc: Segment | None, rxa: Segment, rxr: Segm
     for obx in obxs:
         value = f"{key_value}/{obx.value(1) or obx.sequence}"
         values.append(value if value not in values else f"{value}-{obx.sequence}")
-    ids = known_ids(lookup, "Observation", key_system, values) if obxs else []
+    ids = known_ids(lookup, "Observation", key_system, values)
     for obx, value, rid in zip(obxs, values, ids, strict=True):
         obs = observation(obx, subject, encounter, occurred)
         add_notes(obs, message, obx)
