@@ -13,11 +13,11 @@ message is mapped again on fresh data.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from carebridge.fhir.resource import random_uuid
 from carebridge.ingest.hl7v2.datatypes import Json, cx_identifier, token
 from carebridge.ingest.hl7v2.errors import REQUIRED_FIELD_MISSING, MessageError
 from carebridge.ingest.hl7v2.parsing import Composite, Message, Segment
@@ -62,7 +62,7 @@ class Entry:
     method: str  # POST | PUT
     url: str
     source: Source
-    full_url: str = field(default_factory=lambda: f"urn:uuid:{uuid.uuid4()}")
+    full_url: str = field(default_factory=lambda: f"urn:uuid:{random_uuid()}")
     if_none_exist: str | None = None
     if_match: int | None = None
     provenance_target: bool = True  # created or changed by this message
