@@ -160,3 +160,68 @@ def test_the_migration_drops_the_rows_of_exactly_the_restricted_aliases() -> Non
             for rtype in re.findall(r"'(\w+)'", listed)}
         assert dropped == {(rtype, code) for rtype in registry.resource_types()
                            for code in restricted(rtype)}
+
+
+def test_twins_are_found_in_the_definitions() -> None:
+    """Parameters with another's very expression: the one named after the element keeps
+    its rows; nothing a restricted alias reads is a twin."""
+    from carebridge.search.aliases import restricted, twins
+
+    assert twins("Patient") == {"phonetic": ("name",)}
+    assert twins("Practitioner") == {"phonetic": ("name",)}
+    assert twins("CodeSystem") == {"system": ("url",)}
+    assert twins("Coverage") == {"patient": ("beneficiary",)}
+    assert twins("Observation") == {} and twins("Encounter") == {}
+    for rtype in registry.resource_types():
+        assert not set(twins(rtype)) & set(ALIASES.get(rtype, {}))
+        assert not {stored for stored, _ in restricted(rtype).values()} & set(twins(rtype))
+    assert sum(len(twins(t)) for t in registry.resource_types()) == 12
+
+
+def test_a_twin_has_no_rows_and_the_values_of_the_one_it_reads() -> None:
+    patient = {"resourceType": "Patient", "id": "p", "meta": {"lastUpdated":
+                                                              "2024-01-01T00:00:00Z"},
+               "name": [{"family": "Núñez", "given": ["Ana", "María"], "prefix": ["Dr"]},
+                        {"text": "Ana Nunez"}]}
+    rows = index_rows(patient)["idx_string"]
+    assert {row[2] for row in rows} >= {"name", "family", "given"}
+    assert "phonetic" not in {row[2] for row in rows}
+    assert values_of(patient, "phonetic") == values_of(patient, "name")
+    assert len(values_of(patient, "name")) == 5
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("phonetic=nunez", {"ana"}),
+    ("phonetic=ana", {"ana"}),
+    ("phonetic:exact=Bob", {"bob"}),
+    ("phonetic:contains=ez", {"ana"}),
+    ("phonetic:missing=true", {"nameless"}),
+    ("phonetic=zzz", set()),
+    ("_sort=phonetic&phonetic:missing=false", {"ana", "bob"}),
+])
+def test_search_on_a_twin(client: TestClient, query: str, expected: set[str]) -> None:
+    for body in ({"resourceType": "Patient", "id": "ana",
+                  "name": [{"family": "Núñez", "given": ["Ana"]}]},
+                 {"resourceType": "Patient", "id": "bob", "name": [{"given": ["Bob"]}]},
+                 {"resourceType": "Patient", "id": "nameless", "gender": "other"}):
+        assert client.put(f"/fhir/Patient/{body['id']}", json=body).status_code == 201
+    bundle = client.get(f"/fhir/Patient?{query}").json()
+    assert {e["resource"]["id"] for e in bundle.get("entry", [])} == expected, bundle
+
+
+def test_the_migration_drops_the_rows_of_exactly_the_twins() -> None:
+    import re
+
+    from carebridge.search.aliases import twins
+
+    migrations = Path(__file__).parents[2] / "src" / "carebridge" / "storage" / "migrations"
+    tables = {"string": "idx_string", "token": "idx_token", "reference": "idx_reference",
+              "uri": "idx_uri"}
+    for path in (migrations / "sqlite" / "0010_twin_aliases.sql",
+                 migrations / "postgresql" / "0011_twin_aliases.sql"):
+        dropped = {(table, rtype, code) for table, code, listed in re.findall(
+            r"DELETE FROM (\w+) WHERE param = '([\w-]+)' AND resource_type IN \(([^)]*)\)",
+            path.read_text()) for rtype in re.findall(r"'(\w+)'", listed)}
+        assert dropped == {
+            (tables[registry.search_parameters_for(rtype)[code]["type"]], rtype, code)
+            for rtype in registry.resource_types() for code in twins(rtype)}

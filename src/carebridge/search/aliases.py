@@ -15,6 +15,12 @@ type narrowed to one target type, e.g. Observation ``patient`` is
 parameter's rows whose target is that type (a reference row for almost every clinical
 resource), so they are not stored either: a search on one reads the other's rows with
 ``target_type`` = the type. Found from the definitions themselves (:func:`restricted`).
+
+*Twins*: a few parameters share another's expression outright (``phonetic`` of Patient,
+Practitioner, Person and RelatedPerson is ``<type>.name``, as ``name`` is). Neither the
+spec nor this server gives ``phonetic`` a matching of its own (the spec leaves the
+algorithm to the server), so its rows would be ``name``'s again: about four per person. A
+search on it reads ``name``'s rows (:func:`twins`, also from the definitions).
 """
 
 from __future__ import annotations
@@ -47,7 +53,10 @@ def restricted(resource_type: str) -> dict[str, tuple[str, str]]:
         branches = _branches(sp, resource_type)
         if sp["type"] == "reference" and len(branches) == 1:
             paths[code] = branches[0]
-    by_path = {path: code for code, path in sorted(paths.items()) if ".where(" not in path}
+    by_path: dict[str, str] = {}  # the first code in sorted order, as twins() keeps
+    for code, path in sorted(paths.items()):
+        if ".where(" not in path:
+            by_path.setdefault(path, code)
     found: dict[str, tuple[str, str]] = {}
     for code, path in paths.items():
         base, marker, rest = path.partition(".where(resolve() is ")
@@ -66,15 +75,42 @@ def _branches(sp: dict[str, object], resource_type: str) -> list[str]:
     return [b for b in split_union(expression) if b.startswith(resource_type + ".")]
 
 
+@cache
+def twins(resource_type: str) -> dict[str, tuple[str, ...]]:
+    """Parameter -> (the parameter of the same type and the very same expression whose rows
+    answer it,), for the twins of a type (see the module doc). Of each set of twins, the
+    one named after the element keeps its rows (CodeSystem ``url`` over ``system``,
+    Coverage ``beneficiary`` over ``patient``), else the first in sorted order."""
+    parameters = registry.search_parameters_for(resource_type)
+    sets: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for code, sp in sorted(parameters.items()):
+        branches = tuple(sorted(_branches(sp, resource_type)))
+        if not code.startswith("_") and sp["type"] != "composite" and branches:
+            sets.setdefault((str(sp["type"]), branches), []).append(code)
+    found: dict[str, tuple[str, ...]] = {}
+    for (_, branches), codes in sets.items():
+        named = [c for c in codes if all(b.rsplit(".", 1)[-1] == c for b in branches)]
+        keeper = (named or codes)[0]
+        found.update({code: (keeper,) for code in codes if code != keeper})
+    return found
+
+
+@cache
+def aliases(resource_type: str) -> dict[str, tuple[str, ...]]:
+    """Every parameter of ``resource_type`` whose rows are the union of others' rows (the
+    hand-checked table and the twins) -> those others."""
+    return {**twins(resource_type), **ALIASES.get(resource_type, {})}
+
+
 def is_alias(resource_type: str, code: str) -> bool:
     """True when ``code``'s rows are not stored for ``resource_type``."""
-    return code in ALIASES.get(resource_type, {}) or code in restricted(resource_type)
+    return code in aliases(resource_type) or code in restricted(resource_type)
 
 
 def stored_as(code: str, resource_types: Iterable[str]) -> tuple[str, ...]:
     """The parameter codes whose index rows answer ``code`` for these types."""
     found: dict[str, None] = {}
     for rtype in resource_types:
-        for name in ALIASES.get(rtype, {}).get(code, (code,)):
+        for name in aliases(rtype).get(code, (code,)):
             found[name] = None
     return tuple(found) or (code,)

@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from carebridge.fhir import registry
-from carebridge.search.aliases import ALIASES, restricted
+from carebridge.search.aliases import aliases, restricted
 from carebridge.search.branches import (
     Branch,
     Component,
@@ -278,7 +278,7 @@ def _stored_plan(
     resource_type: str,
 ) -> tuple[tuple[str, frozenset[str] | None, tuple[Branch, ...]], ...]:
     """:func:`_plan_for` less what the index does not store (``_id``; search.aliases)."""
-    skipped = {"_id", *ALIASES.get(resource_type, {}), *restricted(resource_type)}
+    skipped = {"_id", *aliases(resource_type), *restricted(resource_type)}
     return tuple(entry for entry in _plan_for(resource_type) if entry[0] not in skipped)
 
 

@@ -31,7 +31,7 @@ from functools import cache
 from typing import Any
 
 from carebridge.fhir import registry
-from carebridge.search.aliases import ALIASES
+from carebridge.search.aliases import aliases
 from carebridge.search.compiler import Compiler
 from carebridge.search.extract import split_union
 from carebridge.search.fastpath import UnknownElementError, compile_path
@@ -104,7 +104,7 @@ def one_row_each(resource_type: str, code: str) -> bool:
     ``max`` 1 (:func:`single_valued`) whose type gives one value. A count driven by such a
     parameter need not make its ids distinct."""
     path = _single_path(resource_type, code)
-    if path is None or code in ALIASES.get(resource_type, {}):
+    if path is None or code in aliases(resource_type):
         return False
     try:
         plan = compile_path(path, resource_type)
