@@ -28,7 +28,7 @@ from carebridge.ingest.hl7v2.mllp import MllpServer
 from carebridge.ingest.hl7v2.processor import Hl7Processor
 from carebridge.storage import Repository
 
-from .conftest import ack_fields, sample, stored
+from .conftest import ack_fields, python_hl7_samples, sample, stored
 
 SB, EB = b"\x0b", b"\x1c\x0d"
 
@@ -51,10 +51,13 @@ class RunningServer:
         self.loop.close()
 
 
-@pytest.fixture
-def listening(hl7: Hl7Processor) -> Iterator[RunningServer]:
+@pytest.fixture(params=["on the loop", "in threads"])
+def listening(hl7: Hl7Processor, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The listener as the server runs it (common frames answered on the event loop,
+    awaiting the group commit: ``handle_frame_fast``), and with every frame in the pool."""
     committer = GroupCommitter(hl7).start()
-    server = RunningServer(hl7.handle_frame, idle_timeout=5.0)
+    fast = hl7.handle_frame_fast if request.param == "on the loop" else None
+    server = RunningServer(hl7.handle_frame, idle_timeout=5.0, fast_handler=fast)
     try:
         yield server
     finally:
@@ -258,3 +261,56 @@ def test_no_ack_when_the_message_cannot_even_be_queued(hl7: Hl7Processor,
         assert ack["MSA"][1] == "AA"
     finally:
         server.close()
+
+
+def test_common_frames_are_answered_on_the_loop_and_the_rest_in_threads(
+        hl7: Hl7Processor, repository: Repository) -> None:
+    """handle_frame_fast answers one readable message of a supported type without the
+    pool; a batch, a rejected message or an unsupported type go to handle_frame in a
+    thread, having changed nothing. Either way the sender gets the same kind of ACK."""
+    threaded: list[bytes] = []
+
+    def in_a_thread(payload: bytes) -> bytes:
+        threaded.append(payload)
+        return hl7.handle_frame(payload)
+
+    committer = GroupCommitter(hl7).start()
+    server = RunningServer(in_a_thread, fast_handler=hl7.handle_frame_fast)
+    batch = python_hl7_samples().sample_file1.replace("|10131113|1||4|", "|10131113|M||4|")
+    unsupported = b"MSH|^~\\&|A|B|||2024||MFN^M02|M1|P|2.5.1\rMFI|1"
+    unreadable = b"PID|1||7^^^H^MR"
+    try:
+        with MLLPClient("127.0.0.1", server.port) as client:
+            first = ack_fields(client.send_message(sample("A04-Register-Patient-v2.1.txt")))
+            assert first["MSA"][1] == "AA" and threaded == []
+            again = ack_fields(client.send_message(sample("A04-Register-Patient-v2.1.txt")))
+            assert again["MSA"] == first["MSA"] and threaded == []  # a resend, same answer
+            assert ack_fields(client.send_message(unsupported))["MSA"][1] == "AR"
+            assert ack_fields(client.send_message(unreadable))["MSA"][1] == "AR"
+            answer = client.send_message(batch.encode())
+    finally:
+        server.close()
+        committer.stop()
+    assert threaded == [unsupported, unreadable, batch.encode()]
+    assert answer.count(b"MSA|AA|") == 3 and b"BHS" in answer
+    assert len(stored(repository, "Patient")) >= 2
+    assert len(hl7.store.errors()) == 2  # the two rejections, queued once each
+
+
+def test_no_ack_on_the_loop_either_when_the_commit_fails(hl7: Hl7Processor) -> None:
+    """A group commit that fails outright (the database, not the message) answers nobody:
+    the connection closes without an ACK and the sender keeps the message."""
+    committer = GroupCommitter(hl7).start()
+
+    def broken(items: list[Any]) -> list[Any]:
+        raise ConnectionRefusedError("database unavailable")
+
+    hl7.commit_group = broken  # type: ignore[method-assign]
+    server = RunningServer(hl7.handle_frame, fast_handler=hl7.handle_frame_fast)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(SB + sample("A04-Register-Patient-v2.1.txt") + EB)
+            assert read_acks(sock) == []
+    finally:
+        server.close()
+        committer.stop()

@@ -27,13 +27,18 @@ class GroupCommitter:
     def start(self) -> GroupCommitter:
         self._thread.start()
         self.processor.submit = self.submit
+        self.processor.enqueue = self.enqueue
         return self
 
     def submit(self, item: Item) -> Outcome:
         """Blocks until the item's group is committed (or failed) and returns its outcome."""
+        return self.enqueue(item).result()
+
+    def enqueue(self, item: Item) -> Future[Outcome]:
+        """The item's outcome, once its group is committed (or failed), without waiting."""
         done: Future[Outcome] = Future()
         self._queue.put((item, done))
-        return done.result()
+        return done
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -71,6 +71,7 @@ class Hl7Listener:
         self.committer = GroupCommitter(self.processor)
         context = ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         self.server = MllpServer(self.processor.handle_frame, settings.host, settings.port,
+                                 fast_handler=self.processor.handle_frame_fast,
                                  max_frame_bytes=settings.max_frame_bytes,
                                  idle_timeout=settings.idle_timeout, ssl_context=context,
                                  workers=settings.workers, reuse_port=settings.reuse_port,

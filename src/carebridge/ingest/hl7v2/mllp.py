@@ -5,8 +5,10 @@ frame. Written on asyncio streams rather than python-hl7's ``hl7.mllp`` server b
 need what that one does not offer: a maximum frame size answered with a NACK before the
 connection closes, idle timeouts, and the ACK written only after the blocking database work,
 which runs in a thread pool so the event loop (shared with the HTTP server) never waits on
-a commit. Frames of one connection are handled strictly one after another (per-connection
-order is the sender's order); connections run concurrently. While a frame is handled,
+a commit. A ``fast_handler`` may answer a frame on the loop itself (awaiting the commit
+without a thread) or decline it (None), and then the pool runs ``handler``. Frames of one
+connection are handled strictly one after another (per-connection order is the sender's
+order); connections run concurrently. While a frame is handled,
 :func:`peer_address` names the connection's remote address (for the audit trail).
 """
 
@@ -17,7 +19,7 @@ import contextlib
 import contextvars
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from carebridge.ingest.hl7v2.ack import build_ack
@@ -50,8 +52,11 @@ class MllpServer:
                  port: int = 2575, *, max_frame_bytes: int = DEFAULT_MAX_FRAME,
                  idle_timeout: float = 300.0, ssl_context: ssl.SSLContext | None = None,
                  workers: int = 4, reuse_port: bool = False,
-                 on_refused: Callable[[MessageRejected], None] | None = None) -> None:
+                 on_refused: Callable[[MessageRejected], None] | None = None,
+                 fast_handler: Callable[[bytes], Awaitable[bytes | None]] | None = None,
+                 ) -> None:
         self.handler = handler
+        self.fast_handler = fast_handler
         self.on_refused = on_refused  # told of frames refused here (too large), e.g. to audit
         self.host = host
         self.port = port
@@ -125,10 +130,13 @@ class MllpServer:
                 await self._oversized(writer)
                 return
             try:
-                # The handler runs in this connection's context (it reads peer_address()).
-                context = contextvars.copy_context()
-                ack = await loop.run_in_executor(self.executor, context.run, self.handler,
-                                                 bytes(payload))
+                data = bytes(payload)
+                ack = await self.fast_handler(data) if self.fast_handler else None
+                if ack is None:
+                    # The handler runs in this connection's context (it reads peer_address()).
+                    context = contextvars.copy_context()
+                    ack = await loop.run_in_executor(self.executor, context.run, self.handler,
+                                                     data)
             except Exception:
                 # Not even the error queue could keep it: send nothing, so the sender keeps
                 # the message and resends it on a new connection.
