@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -129,6 +131,42 @@ def test_concurrent_updates_never_lose_one(repository: Repository) -> None:
         assert current is not None and current.version == 81
         page = s.history(HistoryQuery("Patient", "c", count=1000))
         assert sorted(v.version for _, v in page.entries) == list(range(1, 82))
+
+
+def test_write_busy_says_whether_a_writer_would_wait(repository: Repository) -> None:
+    """SQLite has one writer at a time, across threads and processes; PostgreSQL writers
+    never wait for each other as a whole."""
+    assert not repository.write_busy()
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with repository.session(write=True):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert holding.wait(10)
+    assert repository.write_busy() == (repository.dialect == "sqlite")
+    release.set()
+    thread.join(10)
+    assert not repository.write_busy()
+    if repository.dialect != "sqlite":
+        return
+    code = ("import sys, time\n"
+            "from carebridge.storage import open_repository\n"
+            "with open_repository(sys.argv[1]).session(write=True):\n"
+            "    print('holding', flush=True)\n"
+            "    time.sleep(30)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, repository.url],
+                             stdout=subprocess.PIPE, text=True)
+    try:  # another process takes the turn and keeps it until killed
+        assert other.stdout is not None and other.stdout.readline() == "holding\n"
+        assert repository.write_busy()
+    finally:
+        other.kill()
+        other.communicate(timeout=10)
+    assert not repository.write_busy()  # the kernel let go of the dead process's lock
 
 
 def test_migrations_are_recorded_and_idempotent(database_url: str) -> None:

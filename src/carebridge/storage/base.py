@@ -139,4 +139,9 @@ class Repository(Protocol):
         at the start, so two writers never deadlock upgrading their locks)."""
         ...
 
+    def write_busy(self) -> bool:
+        """Whether a write session opened now would wait for another writer (a hint, true
+        at the moment of asking): SQLite's one writer at a time; PostgreSQL never."""
+        ...
+
     def close(self) -> None: ...

@@ -156,6 +156,10 @@ class PostgresRepository:
             else:
                 yield PostgresSession(conn)
 
+    def write_busy(self) -> bool:
+        """Writers never wait for each other as a whole here (row locks only)."""
+        return False
+
     def schema_version(self) -> int:
         with self._pool.connection() as conn:
             exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()

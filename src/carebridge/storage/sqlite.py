@@ -167,6 +167,22 @@ class WriterTurns:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def busy(self) -> bool:
+        """Whether another thread or process has the turn now (see Repository.write_busy)."""
+        if not self._threads.acquire(blocking=False):
+            return True
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            self._threads.release()
+
     def close(self) -> None:
         with self._threads:
             if self._fd is not None:
@@ -216,6 +232,9 @@ class SqliteRepository:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def write_busy(self) -> bool:
+        return self.writers.busy()
 
     def schema_version(self) -> int:
         conn = self._connection()

@@ -36,6 +36,9 @@ class RepositoryWrapper:
     def session(self, *, write: bool = False) -> AbstractContextManager[Session]:
         return self._session(write)
 
+    def write_busy(self) -> bool:
+        return self.inner.write_busy()
+
     @contextmanager
     def _session(self, write: bool) -> Iterator[Session]:
         with self.inner.session(write=write) as session:

@@ -148,6 +148,58 @@ def test_a_resend_in_the_same_group_is_answered_from_the_archive(
     assert outcomes[1].archive_id == outcomes[0].archive_id
 
 
+def test_messages_arriving_while_another_writer_has_the_turn_join_the_group(
+        hl7: Hl7Processor, repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another writer holds the write turn, the committer works out what arrived
+    meanwhile and stores it with its group (one commit) instead of waiting idle."""
+    answers = count_holds(monkeypatch)
+    arrived = [[item(hl7, adt("J2", "J-2"))], [item(hl7, adt("J3", "J-3"))]]
+    asked: list[bool] = []
+
+    def more() -> list[Item]:
+        asked.append(repository.write_busy())
+        return arrived.pop(0) if arrived else []
+
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with repository.session(write=True):
+            holding.set()
+            release.wait(10)
+
+    other = threading.Thread(target=other_writer)
+    other.start()
+    assert holding.wait(10)
+    busy = repository.write_busy()
+    threading.Timer(1.0, release.set).start()
+    group = [item(hl7, adt("J1", "J-1"))]
+    outcomes = hl7.commit_group(group, more=more)
+    other.join(10)
+    if repository.dialect == "sqlite":  # one writer at a time: the others joined
+        assert busy and asked == [True, True, True]  # the third found nothing more
+        assert [i.message.control_id for i in group] == ["J1", "J2", "J3"]
+        assert [o.ack_code for o in outcomes] == ["AA", "AA", "AA"]
+        assert answers == [True, True, True]  # each stored as worked out
+        assert all(len(patients_with(repository, p)) == 1 for p in ("J-1", "J-2", "J-3"))
+    else:  # PostgreSQL writers do not wait for each other as a whole: nothing to wait for
+        assert not busy and asked == [] and [o.ack_code for o in outcomes] == ["AA"]
+        assert patients_with(repository, "J-2") == []
+
+
+def test_nobody_joins_a_group_when_the_turn_is_free(hl7: Hl7Processor,
+                                                    repository: Repository) -> None:
+    assert not repository.write_busy()
+    asked: list[int] = []
+
+    def more() -> list[Item]:
+        asked.append(1)
+        return [item(hl7, adt("K2", "K-2"))]
+
+    outcomes = hl7.commit_group([item(hl7, adt("K1", "K-1"))], more=more)
+    assert [o.ack_code for o in outcomes] == ["AA"] and asked == []
+    assert patients_with(repository, "K-2") == []
+
+
 def oru(control: str, value: str, status: str = "F") -> bytes:
     return (f"MSH|^~\\&|LAB|GH|CB|CB|20240101||ORU^R01|{control}|P|2.5.1\r"
             "PID|1||P5^^^GH^MR||Doe^Pat||19900101|F\r"

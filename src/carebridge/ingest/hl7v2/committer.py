@@ -23,6 +23,7 @@ class GroupCommitter:
         self.max_group = max_group
         self._queue: queue.SimpleQueue[tuple[Item, Future[Outcome]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="hl7v2-commit", daemon=True)
+        self._stopping = False
 
     def start(self) -> GroupCommitter:
         self._thread.start()
@@ -45,28 +46,34 @@ class GroupCommitter:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
-            stopping = False
-            while len(batch) < self.max_group:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            self._take(batch)
             self._commit(batch)
-            if stopping:
-                return
+
+    def _take(self, batch: list[tuple[Item, Future[Outcome]]]) -> list[Item]:
+        """Move what is queued into ``batch`` (up to ``max_group``); the items moved."""
+        taken: list[Item] = []
+        while len(batch) < self.max_group and not self._stopping:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self._stopping = True  # after this group
+                break
+            batch.append(more)
+            taken.append(more[0])
+        return taken
 
     def _commit(self, batch: list[tuple[Item, Future[Outcome]]]) -> None:
         try:
-            outcomes = self.processor.commit_group([item for item, _ in batch])
+            # Messages that arrive while the group waits for the write turn may join it.
+            outcomes = self.processor.commit_group([item for item, _ in batch],
+                                                   more=lambda: self._take(batch))
         except BaseException as exc:  # the database failed: nobody gets an ACK
             log.exception("HL7 v2 group commit failed")
             for _, done in batch:

@@ -304,15 +304,23 @@ class Hl7Processor:
 
     # ---------------------------------------------------------------- group commit
 
-    def commit_group(self, items: list[Item]) -> list[Outcome]:
+    def commit_group(self, items: list[Item],
+                     more: Callable[[], list[Item]] | None = None) -> list[Outcome]:
         """Commit ``items`` together (see module doc); one outcome per item, in order.
+
+        ``more`` (the group committer's) hands over messages that arrived since the group
+        was gathered: while another writer has the database's write turn, they are worked
+        out too and join the group (appended to ``items``) instead of waiting idle for the
+        turn; see :meth:`_while_busy`.
 
         Raises only when the database itself fails and not even the error queue can keep
         the messages (then nothing is acknowledged)."""
         outcomes: dict[int, Outcome] = {}
+        speculated = self._speculate(items) if self.speculate else {}
+        if more is not None and self.speculate:
+            self._while_busy(items, speculated, more)
         todo = list(items)
         contended = 0
-        speculated = self._speculate(items) if self.speculate else {}
         while todo:
             try:
                 self.service.run_write(self._group_work(todo, speculated), retry=True)
@@ -338,6 +346,23 @@ class Hl7Processor:
                                                  provenance_id=item.provenance_id)
             break
         return [outcomes[id(i)] for i in items]
+
+    def _while_busy(self, items: list[Item], speculated: dict[int, _Speculation],
+                    more: Callable[[], list[Item]]) -> None:
+        """Work out the messages that arrived meanwhile, for as long as another writer (the
+        other ``--mllp-workers`` processes on SQLite) has the write turn and some arrived.
+
+        A process's committer is the thread every one of its messages waits for; blocked
+        on the turn, it would sit idle while another process stores its group. Worked out
+        now, the late messages are stored with this group: fewer, larger commits (one fsync,
+        one re-read of the pages the other process changed) and no idle committer."""
+        repository = self.service.repository
+        while repository.write_busy():
+            extra = more()
+            if not extra:
+                return
+            items.extend(extra)
+            speculated.update(self._speculate(extra))
 
     def _speculate(self, items: list[Item]) -> dict[int, _Speculation]:
         """Map, validate and index each message from a read snapshot, before the write lock
