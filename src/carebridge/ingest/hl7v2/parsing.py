@@ -49,19 +49,45 @@ CHARSETS = {
 Composite = list[list[str]]  # components -> subcomponents
 
 
-@dataclass(frozen=True, slots=True)
 class Segment:
-    """One segment: ``fields[n]`` is field n (1-based, as in ``PID-3``) as its valued
-    repetitions (those with some non-empty subcomponent; filtered once, when parsed)."""
+    """One segment: :meth:`repetitions` of field n (1-based, as in ``PID-3``) are its valued
+    repetitions (those with some non-empty subcomponent), normalised from python-hl7's nodes
+    when first asked for: a mapper reads a fraction of the fields a message carries, and the
+    normalising walk was a quarter of the parse."""
 
-    name: str
-    sequence: int  # which occurrence of this segment name in the message (1-based)
-    position: int  # index among all segments of the message
-    fields: list[list[Composite]]
+    __slots__ = ("_escape", "_fields", "_raw", "_tree", "name", "position", "sequence")
+
+    def __init__(self, name: str, sequence: int, position: int, raw: list[Any], tree: Any,
+                 escape: str) -> None:
+        self.name = name
+        self.sequence = sequence  # which occurrence of this segment name in the message
+        self.position = position  # index among all segments of the message
+        self._raw = raw  # python-hl7's nodes: raw[n] is field n
+        self._tree = tree  # the parsed message (its separators drive unescape)
+        self._escape = escape
+        self._fields: dict[int, list[Composite]] = {}
+
+    def __repr__(self) -> str:
+        return f"Segment({self.name!r}, {self.sequence}, {self.position})"
 
     def repetitions(self, n: int) -> list[Composite]:
         """Field ``n``'s repetitions (empty when not valued)."""
-        return self.fields[n] if n < len(self.fields) else []
+        found = self._fields.get(n)
+        if found is None:
+            raw = self._raw
+            if n < 0 or n >= len(raw):
+                found = []
+            elif n == 0:
+                found = [[[self.name]]]
+            elif n <= 2 and self.name == "MSH":
+                # MSH-1 is the field separator itself and MSH-2 the encoding characters:
+                # verbatim (they are not data to split or unescape).
+                found = [[[_text(raw[n])]]]
+            else:
+                found = [rep for rep in _field(self._tree, raw[n], self._escape)
+                         if any(any(c) for c in rep)]
+            self._fields[n] = found
+        return found
 
     def first(self, n: int) -> Composite:
         reps = self.repetitions(n)
@@ -238,16 +264,7 @@ def parse_message(text: str) -> Message:
     for position, raw in enumerate(tree):
         name = _text(raw[0]) if len(raw) else ""
         counts[name] = counts.get(name, 0) + 1
-        if name == "MSH":
-            # MSH-1 is the field separator itself and MSH-2 the encoding characters: keep
-            # them verbatim (they are not data to split or unescape).
-            fields: list[list[Composite]] = [[[[name]]], [[[_text(raw[1])]]],
-                                             [[[_text(raw[2])]]]]
-            fields += [_field(tree, f, escape) for f in raw[3:]]
-        else:
-            fields = [[[[name]]]] + [_field(tree, f, escape) for f in raw[1:]]
-        fields = [[rep for rep in reps if any(any(c) for c in rep)] for reps in fields]
-        segments.append(Segment(name, counts[name], position, fields))
+        segments.append(Segment(name, counts[name], position, raw, tree, escape))
     message = Message(text, segments, text[4:8] if text[3] != text[4] else "^~\\&")
     if not message.control_id:
         raise MessageRejected("MSH-10 (message control id) is required", REQUIRED_FIELD_MISSING,
