@@ -75,14 +75,17 @@ def _serving(tmp_path: Path, *options: str) -> Iterator[tuple[Path, int, int]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while True:  # the MLLP listener starts with the application, before HTTP answers
-            try:
-                socket.create_connection(("127.0.0.1", mllp_port), timeout=5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        # The MLLP listener starts with the application, and HTTP only once the application
+        # has started: wait for both (waiting for MLLP alone raced HTTP's bind under load).
+        for waited in (mllp_port, port):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", waited), timeout=5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise
+                    time.sleep(0.2)
         yield cert, port, mllp_port
     finally:
         process.terminate()
