@@ -179,15 +179,38 @@ def test_token_from_boolean() -> None:
     assert values_of({**PATIENT, "active": False}, "active") == [TokenValue(None, "false")]
 
 
-def test_deceased_goes_through_fhirpath() -> None:
-    # `Patient.deceased.exists() and Patient.deceased != false`: not a path, so fhirpathpy
-    assert extractor_for("Patient", "deceased").uses_fhirpath
+def test_deceased_is_read_from_its_keys_as_fhirpath_reads_it() -> None:
+    # `Patient.deceased.exists() and Patient.deceased != false`: not a path; its plain
+    # reading on deceasedBoolean/deceasedDateTime (search.branches.ExistsNotFalseBranch)
+    # must say what fhirpathpy says, and leave to it what it cannot settle.
+    from carebridge.search.branches import ExistsNotFalseBranch, FhirPathBranch
+
+    assert not extractor_for("Patient", "deceased").uses_fhirpath
     assert values_of(PATIENT, "deceased") == [TokenValue(None, "false")]
     dead = {**PATIENT, "deceasedDateTime": "2020-01-01"}
     assert values_of(dead, "deceased") == [TokenValue(None, "true")]
     assert values_of({**PATIENT, "deceasedBoolean": False}, "deceased") == [
         TokenValue(None, "false")
     ]
+    expression = "Patient.deceased.exists() and Patient.deceased != false"
+    general = FhirPathBranch(expression, "token")
+    plain = ExistsNotFalseBranch(("deceasedBoolean", "deceasedDateTime"), general)
+    cases = [{}, {"deceasedBoolean": True}, {"deceasedBoolean": False},
+             {"deceasedDateTime": "2019"}, {"deceasedDateTime": "2019-03-04T05:06:07Z"},
+             {"_deceasedBoolean": {"extension": [{"url": "http://x", "valueCode": "y"}]}},
+             {"deceasedBoolean": True, "_deceasedBoolean": {"id": "a"}},
+             {"deceasedBoolean": False, "deceasedDateTime": "2019"}]
+    patients = [{**PATIENT, **case} for case in cases]
+    if PACKAGE_TGZ.is_file():
+        patients += [r for r in _official_examples() if r["resourceType"] == "Patient"]
+    assert len(patients) >= 8
+    for patient in patients:
+        by_fhirpath: list[Any] = []
+        by_keys: list[Any] = []
+        general.evaluate(patient, patient, by_fhirpath)
+        plain.evaluate(patient, patient, by_keys)
+        assert by_keys == by_fhirpath, patient
+        assert by_keys in ([TokenValue(None, "true")], [TokenValue(None, "false")])
 
 
 def test_resource_level_parameters() -> None:
@@ -621,10 +644,9 @@ def test_every_search_parameter_compiles_for_each_base_type() -> None:
             assert extractor.supported is not (no_expression or sp["code"] == "near"), sp["url"]
             if extractor.uses_fhirpath:
                 fhirpath.append((sp["code"], base))
-    # all but three branches take the fast path
+    # all but two branches take a fast path (Patient deceased: ExistsNotFalseBranch)
     assert sorted(fhirpath) == [
         ("composition", "Bundle"),
-        ("deceased", "Patient"),
         ("message", "Bundle"),
     ]
 

@@ -14,6 +14,7 @@ rules), so both agree on what a resource "has" for a parameter.
 from __future__ import annotations
 
 import logging
+import re
 from functools import cache
 from typing import Any
 
@@ -23,6 +24,7 @@ from carebridge.search.branches import (
     Branch,
     Component,
     CompositeBranch,
+    ExistsNotFalseBranch,
     FhirPathBranch,
     PathBranch,
 )
@@ -171,10 +173,31 @@ def _compile_branch(
     if plan is not None:
         return PathBranch(plan, param_type)
     try:
-        return FhirPathBranch(branch, param_type)
+        general = FhirPathBranch(branch, param_type)
     except Exception as exc:  # fhirpathpy raises its own parser errors
         problems.append(f"{resource_type}: {branch!r}: fhirpathpy cannot compile it: {exc}")
         return None
+    return _exists_not_false(branch, resource_type, general) or general
+
+
+_EXISTS_NOT_FALSE = re.compile(r"(\w+)\.(\w+)\.exists\(\) and \1\.\2 != false")
+
+
+def _exists_not_false(branch: str, resource_type: str,
+                      general: FhirPathBranch) -> ExistsNotFalseBranch | None:
+    """The plain reading of ``X.e.exists() and X.e != false`` on the resource's own
+    keys, when ``e`` is a plain element of the resource (search.branches)."""
+    match = _EXISTS_NOT_FALSE.fullmatch(branch)
+    if match is None or match.group(1) != resource_type:
+        return None
+    try:
+        plan = compile_path(f"{resource_type}.{match.group(2)}", resource_type)
+    except UnknownElementError:
+        return None
+    if plan is None or not plan.from_root or plan.resolve_types or any(
+            len(leaf.steps) != 1 for leaf in plan.leaves):
+        return None
+    return ExistsNotFalseBranch(tuple(leaf.steps[0].key for leaf in plan.leaves), general)
 
 
 def _compile_composite(
