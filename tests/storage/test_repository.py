@@ -13,6 +13,7 @@ import pytest
 from carebridge.storage import Repository, StoredVersion, VersionConflict, open_repository
 from carebridge.storage.base import HistoryQuery, Write
 from carebridge.storage.migrations import migrations_for
+from carebridge.testing.writers import write_session_elsewhere
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 
@@ -137,19 +138,8 @@ def test_write_busy_says_whether_a_writer_would_wait(repository: Repository) -> 
     """SQLite has one writer at a time, across threads and processes; PostgreSQL writers
     never wait for each other as a whole."""
     assert not repository.write_busy()
-    holding, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with repository.session(write=True):
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    assert holding.wait(10)
-    assert repository.write_busy() == (repository.dialect == "sqlite")
-    release.set()
-    thread.join(10)
+    with write_session_elsewhere(repository):
+        assert repository.write_busy() == (repository.dialect == "sqlite")
     assert not repository.write_busy()
     if repository.dialect != "sqlite":
         return

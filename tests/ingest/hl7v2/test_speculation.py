@@ -25,6 +25,7 @@ from carebridge.storage.readset import ReadSet, RecordingSession, WriteDuringSpe
 from carebridge.testing import free_port
 from carebridge.testing.procfs import alive, child_pids, cpu_seconds
 from carebridge.testing.server import ServerProcess
+from carebridge.testing.writers import write_session_elsewhere
 
 from .conftest import ack_fields, stored
 
@@ -160,21 +161,10 @@ def test_messages_arriving_while_another_writer_has_the_turn_join_the_group(
         asked.append(repository.write_busy())
         return arrived.pop(0) if arrived else []
 
-    holding, release = threading.Event(), threading.Event()
-
-    def other_writer() -> None:
-        with repository.session(write=True):
-            holding.set()
-            release.wait(10)
-
-    other = threading.Thread(target=other_writer)
-    other.start()
-    assert holding.wait(10)
-    busy = repository.write_busy()
-    threading.Timer(1.0, release.set).start()
     group = [item(hl7, adt("J1", "J-1"))]
-    outcomes = hl7.commit_group(group, more=more)
-    other.join(10)
+    with write_session_elsewhere(repository, release_after=1.0):
+        busy = repository.write_busy()
+        outcomes = hl7.commit_group(group, more=more)  # waits for the turn (SQLite)
     if repository.dialect == "sqlite":  # one writer at a time: the others joined
         assert busy and asked == [True, True, True]  # the third found nothing more
         assert [i.message.control_id for i in group] == ["J1", "J2", "J3"]
