@@ -27,12 +27,20 @@ Run::
 
     .venv/bin/python bench/hl7v2.py                        # 2,000 messages, SQLite
     .venv/bin/python bench/hl7v2.py --messages 5000 --connections 16 --backend postgresql
+    .venv/bin/python bench/hl7v2.py --messages 6000 --connections 96 --workers 1 --deployed
+
+By default the server runs with ``--insecure-dev`` (no authentication, hence no audit trail)
+and without a master key; ``--deployed`` runs it as deployed: every message also gets its
+AuditEvent (hash-chained ledger, signed checkpoints) and bodies and the archive are
+encrypted at rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -92,13 +100,17 @@ def parse_floor(data: list[bytes], rounds: int = 3) -> float:
 
 
 def feed(database_url: str, data: list[bytes], connections: int,
-         workers: int = 0) -> dict[str, float]:
+         workers: int = 0, deployed: bool = False) -> dict[str, float]:
     port = free_port()
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
     extra = ("--mllp-port", str(port), *(("--mllp-workers", str(workers)) if workers else ()))
-    with ServerProcess(database_url, extra_args=extra) as server:
+    # As deployed: authentication on (so every message gets its AuditEvent from the ledger)
+    # and a master key (resource bodies and the message archive encrypted at rest).
+    env = {"CAREBRIDGE_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()} if deployed \
+        else None
+    with ServerProcess(database_url, extra_args=extra, secure=deployed, env=env) as server:
         if workers:
             _wait_for_children(server.pid, workers)
         def sender(share: list[bytes]) -> None:
@@ -152,6 +164,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="serve --mllp-workers N: more server processes on the port")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--deployed", action="store_true",
+                        help="run the server as deployed: authentication and the audit trail "
+                             "on, encryption at rest (a master key); default: --insecure-dev")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     data = messages(args.messages)
@@ -164,14 +179,15 @@ def main() -> int:
             pg = ThrowawayPostgres(durable=True).start()
             url = pg.create_database("bench_hl7v2")
         try:
-            result = feed(url, data, args.connections, args.workers)
+            result = feed(url, data, args.connections, args.workers, args.deployed)
         finally:
             if pg is not None:
                 pg.stop()
     ratio = result["messages_per_s"] / floor
     print(f"HL7 v2 over MLLP ({args.backend}, {args.messages} messages ADT:lab:vitals 4:3:3,"
           f" {args.connections} connections, {1 + args.workers} server process(es),"
-          " ACK after durable commit)")
+          " ACK after durable commit"
+          + (", audited and encrypted at rest" if args.deployed else "") + ")")
     print(f"  feed:  {result['messages_per_s']:8.0f} messages/s"
           f"   (p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms per message)")
     print(f"  server CPU: {result['server_cpu_ms_per_message']:.1f} ms per message (all threads"
