@@ -13,8 +13,9 @@ What is measured:
    server's CPU time per message (from /proc: robust to other load on the machine).
 
 2. **Floor.** The same messages parsed by the product's parser (``read_frame``: charset,
-   segment ends, python-hl7 parse, normalised tree), in this process, without mapping or
-   storing: the rate a feed could never exceed.
+   segment ends, python-hl7 parse, segments indexed; since stop 15 a field is normalised
+   when a mapper first reads it, so the floor no longer includes that), in this process,
+   without mapping or storing: the rate a feed could never exceed.
 
 Messages: an ADT/ORU mix re-keyed from the v2-to-FHIR IG's archived test messages (in
 ``tests/ingest/hl7v2/data``): ADT^A01 (``A01-Simple-Admit-VHIS-1``, a new patient -- name,
