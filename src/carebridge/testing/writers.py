@@ -11,10 +11,9 @@ from carebridge.storage import Repository
 
 @contextmanager
 def write_session_elsewhere(repository: Repository, *,
-                            release_after: float | None = None) -> Iterator[threading.Event]:
+                            release_after: float | None = None) -> Iterator[None]:
     """Hold a write session of ``repository`` in another thread until the block ends (or,
-    with ``release_after``, that many seconds after it began). Yields the event that ends
-    it early when set."""
+    with ``release_after``, that many seconds after it began)."""
     holding, release = threading.Event(), threading.Event()
 
     def writer() -> None:
@@ -30,7 +29,7 @@ def write_session_elsewhere(repository: Repository, *,
     if timer is not None:
         timer.start()
     try:
-        yield release
+        yield
     finally:
         release.set()
         if timer is not None:

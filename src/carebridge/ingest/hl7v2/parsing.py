@@ -171,6 +171,11 @@ class Message:
         return f"{self.message_code}^{trigger}" if trigger else self.message_code
 
     @property
+    def codec(self) -> str:
+        """The Python codec of the message's character set (MSH-18), for its ACK."""
+        return CHARSETS.get(self.header.value(18).upper().strip(), "utf-8")
+
+    @property
     def sender(self) -> str:
         """Sending application and facility: with MSH-10, the key of exactly-once delivery
         (a control id is unique per sending system, HL7 v2.5.1 2.14.9.10)."""

@@ -50,7 +50,7 @@ from carebridge.ingest.hl7v2.errors import Hl7Error, MessageError, MessageReject
 from carebridge.ingest.hl7v2.immunization import map_vxu
 from carebridge.ingest.hl7v2.lookup import SessionLookup
 from carebridge.ingest.hl7v2.mapping import Mapped, Mapper
-from carebridge.ingest.hl7v2.parsing import CHARSETS, Message, read_frame, read_text
+from carebridge.ingest.hl7v2.parsing import Message, read_frame, read_text
 from carebridge.ingest.hl7v2.results import map_oru
 from carebridge.ingest.hl7v2.store import ArchivedMessage, MessageStore, utc_now_text
 from carebridge.security.policy import Caller
@@ -227,7 +227,7 @@ class Hl7Processor:
                 self._observed(None, Outcome(ack, "AR", error_id=error_id, error=parsed))
                 acks.append(ack)
                 continue
-            codec = CHARSETS.get(parsed.header.value(18).upper().strip(), "utf-8")
+            codec = parsed.codec
             outcome = self.process(parsed)
             self._observed(parsed, outcome)
             acks.append(outcome.ack)
@@ -261,8 +261,7 @@ class Hl7Processor:
             return None
         outcome = await asyncio.wrap_future(enqueue(item))
         self._observed(parsed, outcome)
-        codec = CHARSETS.get(parsed.header.value(18).upper().strip(), "utf-8")
-        return outcome.ack.encode(codec, "replace")
+        return outcome.ack.encode(parsed.codec, "replace")
 
     def _observed(self, message: Message | None, outcome: Outcome) -> None:
         if self.observe is not None:
