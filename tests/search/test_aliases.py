@@ -64,6 +64,7 @@ def test_alias_rows_are_the_union_of_its_parts(monkeypatch: pytest.MonkeyPatch) 
         stored = {row[2] for rows in index_rows(resource).values() for row in rows}
         assert not stored & set(ALIASES["Observation"])
         with monkeypatch.context() as patch:  # every parameter's rows, aliases included
+            patch.setattr(extract, "_RUNS", {})
             patch.setattr(extract, "_stored_plan", lambda rtype: tuple(
                 entry for entry in extract._plan_for(rtype) if entry[0] != "_id"))
             every = index_rows(resource)

@@ -17,7 +17,7 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
 from carebridge.search.convert import Converter, convert_untyped, converter
-from carebridge.search.fastpath import PathPlan, Step, walk
+from carebridge.search.fastpath import PathPlan, Step, follow, walk
 from carebridge.search.values import CompositeValue, IndexValue, ReferenceValue
 
 __all__ = ["Branch", "Component", "CompositeBranch", "ExistsNotFalseBranch", "FhirPathBranch",
@@ -44,11 +44,14 @@ class PathBranch:
     def __init__(self, plan: PathPlan, param_type: str) -> None:
         self.from_root = plan.from_root
         self.resolve_types = plan.resolve_types
-        leaves: list[tuple[tuple[Step, ...], Converter]] = []
+        leaves: list[_Leaf] = []
         for leaf in plan.leaves:  # an element the parameter type cannot read is skipped
             convert = converter(param_type, leaf.element.type, leaf.element.implicit_system)
             if convert is not None:
-                leaves.append((leaf.steps, convert))
+                steps = leaf.steps
+                first = steps[0] if steps else None
+                leaves.append((first.key if first else None, first.where if first else None,
+                               steps[1:], convert))
         self.leaves = tuple(leaves)
 
     def needs(self) -> frozenset[str] | None:
@@ -56,20 +59,43 @@ class PathBranch:
 
     def first_keys(self) -> frozenset[str] | None:
         """The first key of each path (None if a path is empty: the start node itself)."""
-        if any(not steps for steps, _ in self.leaves):
+        if any(key is None for key, _, _, _ in self.leaves):
             return None
-        return frozenset(steps[0].key for steps, _ in self.leaves)
+        return frozenset(key for key, _, _, _ in self.leaves if key is not None)
 
     def evaluate(self, focus: Any, resource: dict[str, Any], out: list[IndexValue]) -> None:
         start = resource if self.from_root else focus
-        found: list[IndexValue] = []
-        for steps, convert in self.leaves:
-            for node in walk(start, steps):
+        found: list[IndexValue] = [] if self.resolve_types else out
+        # The first step is taken here (most paths find nothing there: a choice element's
+        # other types, an optional element), the rest by fastpath.follow.
+        for key, where, rest, convert in self.leaves:
+            if key is None:
+                nodes = [start]
+            else:
+                if type(start) is not dict:
+                    continue
+                value = start.get(key)
+                if value is None:
+                    continue
+                if type(value) is list:
+                    nodes = value if None not in value else [v for v in value if v is not None]
+                else:
+                    nodes = [value]
+                if where is not None:
+                    field, literal = where
+                    nodes = [v for v in nodes if type(v) is dict and v.get(field) == literal]
+                if rest and nodes:
+                    nodes = follow(nodes, rest)
+            for node in nodes:
                 found.extend(convert(node))
         if self.resolve_types:  # `.where(resolve() is Patient)`: the type of the target
             types = self.resolve_types
-            found = [v for v in found if type(v) is ReferenceValue and v.target_type in types]
-        out.extend(found)
+            out.extend(v for v in found if type(v) is ReferenceValue and v.target_type in types)
+
+
+# One path of a PathBranch: its first key and that step's where-filter (None for the start
+# node itself), the steps after it, and the converter of the element reached.
+_Leaf = tuple[str | None, tuple[str, str] | None, tuple[Step, ...], Converter]
 
 
 class FhirPathBranch:

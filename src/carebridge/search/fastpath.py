@@ -23,7 +23,7 @@ from typing import Any
 
 from carebridge.search.elements import Child, children
 
-__all__ = ["Leaf", "PathPlan", "Step", "UnknownElementError", "compile_path", "walk"]
+__all__ = ["Leaf", "PathPlan", "Step", "UnknownElementError", "compile_path", "follow", "walk"]
 
 _SEGMENT = re.compile(
     r"(?:as|ofType)\((?P<cast>[A-Za-z]+)\)"
@@ -62,7 +62,11 @@ class PathPlan:
 
 def walk(start: Any, steps: tuple[Step, ...]) -> list[Any]:
     """The values reached from ``start`` by following ``steps`` (lists flattened)."""
-    current = [start]
+    return follow([start], steps)
+
+
+def follow(current: list[Any], steps: tuple[Step, ...]) -> list[Any]:
+    """:func:`walk` from several nodes at once."""
     for step in steps:
         found: list[Any] = []
         key = step.key

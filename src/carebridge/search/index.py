@@ -28,7 +28,7 @@ from carebridge.search.values import (
     UriValue,
     normalize_string,
 )
-from carebridge.storage.sql import INDEX_TABLES, Rows
+from carebridge.storage.sql import Rows
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UCUM = "http://unitsofmeasure.org"
@@ -63,11 +63,6 @@ def _ucum(value: QuantityValue) -> tuple[str | None, float | None]:
     if value.system not in (None, UCUM):
         return None, None
     return canonical(value.value, value.code)
-
-
-def _token_row(value: TokenValue) -> tuple[Any, ...]:
-    text = normalize_string(value.text) if value.text else None
-    return (value.system, value.code, text, value.type_system, value.type_code)
 
 
 def _component_parts(value: IndexValue) -> tuple[Any, ...]:
@@ -110,41 +105,59 @@ def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:
 def index_rows(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
     rtype, rid = resource["resourceType"], resource["id"]
-    rows: Rows = {table: [] for table in INDEX_TABLES}
+    tokens: list[tuple[Any, ...]] = []
+    strings: list[tuple[Any, ...]] = []
+    dates: list[tuple[Any, ...]] = []
+    references: list[tuple[Any, ...]] = []
+    quantities: list[tuple[Any, ...]] = []
+    numbers: list[tuple[Any, ...]] = []
+    uris: list[tuple[Any, ...]] = []
+    composites: list[tuple[Any, ...]] = []
+    # The commonest kinds of value first: this loop runs for every index row of every write.
     for code, values in extract_stored(resource).items():
-        key = (rtype, rid, code)
         texts: set[str] | None = None
         for value in values:  # extract_stored has removed duplicates
             if isinstance(value, TokenValue):
-                if value.code is None and value.system is None and value.text:
+                text = value.text
+                if text and value.code is None and value.system is None:
                     # A CodeableConcept.text equal to one of its codings' display adds
                     # nothing: :text finds it in the coding's row.
                     if texts is None:
                         texts = {normalize_string(v.text) for v in values
-                                 if isinstance(v, TokenValue) and v.code is not None and v.text}
-                    if normalize_string(value.text) in texts:
+                                 if type(v) is TokenValue and v.code is not None and v.text}
+                    if normalize_string(text) in texts:
                         continue
-                rows["idx_token"].append((*key, *_token_row(value)))
-            elif isinstance(value, StringValue):
-                rows["idx_string"].append((*key, value.normalized, value.value))
-            elif isinstance(value, DateValue):
-                rows["idx_date"].append((*key, micros(value.start), micros(value.end)))
+                tokens.append((rtype, rid, code, value.system, value.code,
+                               normalize_string(text) if text else None,
+                               value.type_system, value.type_code))
             elif isinstance(value, ReferenceValue):
                 ident = value.identifier
-                rows["idx_reference"].append((
-                    *key, value.target_type, value.target_id, value.version, value.url,
-                    ident.system if ident else None, ident.code if ident else None,
+                references.append((
+                    rtype, rid, code, value.target_type, value.target_id, value.version,
+                    value.url, ident.system if ident else None, ident.code if ident else None,
                 ))
+            elif isinstance(value, DateValue):
+                dates.append((rtype, rid, code, micros(value.start), micros(value.end)))
+            elif isinstance(value, StringValue):
+                strings.append((rtype, rid, code, value.normalized, value.value))
+            elif isinstance(value, CompositeValue):
+                key = (rtype, rid, code)
+                composites.extend((*key, *row) for row in _composite_rows(value))
             elif isinstance(value, QuantityValue):
-                rows["idx_quantity"].append((
-                    *key, value.system, value.code, _float(value.value), _float(value.low),
-                    _float(value.high), *_ucum(value),
+                quantities.append((
+                    rtype, rid, code, value.system, value.code, _float(value.value),
+                    _float(value.low), _float(value.high), *_ucum(value),
                 ))
             elif isinstance(value, NumberValue):
-                rows["idx_number"].append(
-                    (*key, float(value.low), float(value.high), float(value.value)))
+                numbers.append((rtype, rid, code, float(value.low), float(value.high),
+                                float(value.value)))
             elif isinstance(value, UriValue):
-                rows["idx_uri"].append((*key, value.value))
-            elif isinstance(value, CompositeValue):
-                rows["idx_composite"].extend((*key, *row) for row in _composite_rows(value))
-    return {table: found for table, found in rows.items() if found}
+                uris.append((rtype, rid, code, value.value))
+    rows: Rows = {}
+    for table, found in (("idx_string", strings), ("idx_token", tokens), ("idx_date", dates),
+                         ("idx_number", numbers), ("idx_quantity", quantities),
+                         ("idx_reference", references), ("idx_uri", uris),
+                         ("idx_composite", composites)):
+        if found:
+            rows[table] = found
+    return rows

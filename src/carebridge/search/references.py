@@ -8,7 +8,6 @@ a bare id, an absolute URL, a canonical (``url|version``, search.html#versions) 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from carebridge.fhir import registry
@@ -60,12 +59,15 @@ def reference_from_reference(reference: Any) -> Sequence[IndexValue]:
         if token is None:
             return _NONE
         parsed = ReferenceValue(None)
+    # ``parsed`` is new and not hashed yet: completed in place (dataclasses.replace costs
+    # more than the parsing).
     declared = reference.get("type")  # Reference.type: a resource type name or its SD url
     if parsed.target_type is None and isinstance(declared, str):
         declared = declared.removeprefix(_SD_PREFIX)
         if registry.is_resource_type(declared):
-            return (replace(parsed, target_type=declared, identifier=token),)
-    return (replace(parsed, identifier=token),) if token else (parsed,)
+            parsed.target_type = declared
+    parsed.identifier = token
+    return (parsed,)
 
 
 def reference_from_canonical(value: Any) -> Sequence[IndexValue]:

@@ -155,10 +155,13 @@ IndexValue = (
 # strings
 
 
+@lru_cache(maxsize=4096)
 def normalize_string(text: str) -> str:
     """Case-, accent- and whitespace-insensitive form (search.html#string).
 
     NFKD without combining marks, casefolded, runs of whitespace collapsed to one space.
+    Remembered for the last few thousand texts: displays, cities, given names and the like
+    recur on most writes (a look-up costs a quarter of normalising one).
     """
     decomposed = unicodedata.normalize("NFKD", text)
     if not decomposed.isascii():
