@@ -85,7 +85,7 @@ class Segment:
                 found = [[[_text(raw[n])]]]
             else:
                 found = [rep for rep in _field(self._tree, raw[n], self._escape)
-                         if any(any(c) for c in rep)]
+                         if any(map(any, rep))]
             self._fields[n] = found
         return found
 
@@ -311,21 +311,20 @@ def _leaf(container: Any, text: str, escape: str) -> str:
 
 
 def _field(tree: Any, node: Any, escape: str) -> list[Composite]:
-    if isinstance(node, str):
-        return [[[_leaf(tree, node, escape)]]]
+    if node.__class__ is str:
+        return [[[node if escape not in node else _leaf(tree, node, escape)]]]
     return [_repetition(tree, rep, escape) for rep in node]
 
 
 def _repetition(tree: Any, node: Any, escape: str) -> Composite:
-    if isinstance(node, str):
-        return [[_leaf(tree, node, escape)]]
-    out: Composite = []
-    for component in node:
-        if isinstance(component, str):
-            out.append([_leaf(tree, component, escape)])
-        else:
-            out.append([_leaf(tree, str(s), escape) for s in component])
-    return out
+    # Leaves are str (the _Lists factory); only text holding the escape character is
+    # unescaped (a function call per leaf was most of this walk).
+    if node.__class__ is str:
+        return [[node if escape not in node else _leaf(tree, node, escape)]]
+    return [[component if escape not in component else _leaf(tree, component, escape)]
+            if component.__class__ is str else
+            [s if escape not in s else _leaf(tree, s, escape) for s in component]
+            for component in node]
 
 
 @dataclass
