@@ -19,13 +19,17 @@ _counter = itertools.count(1)
 _PREFIX = f"CB{os.getpid() % 100000:05d}"
 
 
-def _ack_control_id() -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+def _ack_control_id(stamp: str) -> str:
     return f"{_PREFIX}{stamp}{next(_counter):06d}"
 
 
 def escape(text: str, encoding_characters: str = "^~\\&", field_separator: str = "|") -> str:
     """Escape delimiter characters in data (HL7 v2.5.1 2.7.4: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\)."""
+    for char in field_separator + encoding_characters + "^~\\&\r\n":
+        if char in text:
+            break
+    else:  # most data (an application name, a control id) has nothing to escape
+        return text
     chars = (encoding_characters + "^~\\&"[len(encoding_characters):])[:4]
     component, repetition, esc, sub = chars[0], chars[1], chars[2], chars[3]
     out = text.replace(esc, f"{esc}E{esc}")
@@ -52,15 +56,16 @@ def build_ack(message: Message | None, ack_code: str, error: Hl7Error | None = N
         receiver_app = receiver_fac = trigger = ""
         processing, version, control_id = "P", "2.5.1", ""
     component = encoding[0]
-    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     message_type = component.join(p for p in ("ACK", trigger, "ACK") if p) if trigger else "ACK"
 
     def esc(text: str) -> str:
         return escape(text, encoding, separator)
 
     msh = separator.join([
-        "MSH", encoding, esc(application), esc(facility), receiver_app, receiver_fac, now, "",
-        message_type, _ack_control_id(), esc(processing), esc(version),
+        "MSH", encoding, esc(application), esc(facility), receiver_app, receiver_fac,
+        stamp + "+0000", "", message_type, _ack_control_id(stamp), esc(processing),
+        esc(version),
     ])
     text_message = esc(error.describe())[:80] if error is not None else ""
     msa = separator.join(["MSA", ack_code, esc(control_id), text_message]).rstrip(separator)
