@@ -368,8 +368,15 @@ class BundleProcessor:
         assert entry.resource is not None
         if not entry.pending_refs:
             return entry.resource
-        copy: Resource = orjson.loads(orjson.dumps(entry.resource))
-        return rewrite_references(copy, resolved.get)  # type: ignore[no-any-return]
+        # The placeholders are whole JSON strings of our own making, so they are replaced in
+        # the serialised resource (a copy, like the walk of every element it replaces).
+        raw = orjson.dumps(entry.resource)
+        for placeholder, target in resolved.items():
+            quoted = b'"' + placeholder.encode("ascii") + b'"'
+            if quoted in raw:
+                raw = raw.replace(quoted, orjson.dumps(target))
+        copy: Resource = orjson.loads(raw)
+        return copy
 
     def _run(
         self, session: Session, pending: PendingWrites, entry: Entry, moment: datetime,

@@ -34,9 +34,13 @@ Json = dict[str, Any]
 LOCAL_AUTHORITY = "urn:carebridge:hl7v2:authority:"
 
 
+_EMPTYABLE = (str, list, dict)
+
+
 def compact(data: Json) -> Json | None:
     """Drop empty values (FHIR forbids empty strings, arrays and objects)."""
-    out = {k: v for k, v in data.items() if v not in (None, "", [], {})}
+    out = {k: v for k, v in data.items()
+           if v or (v is not None and type(v) not in _EMPTYABLE)}  # keeps False and 0
     return out or None
 
 
@@ -168,14 +172,17 @@ def cwe_concept(cwe: Composite) -> Json | None:
     codings = []
     for code_at, text_at, system_at, version_at in ((1, 2, 3, 7), (4, 5, 6, 8),
                                                     (10, 11, 12, 13)):
+        code, display = part(cwe, code_at).strip(), part(cwe, text_at)
+        if not code and not display:
+            continue  # nothing of this triplet would be kept (most CWE fill only the first)
         coding = compact({
             "system": coding_system(part(cwe, system_at)),
             "version": part(cwe, version_at),
-            "code": part(cwe, code_at).strip(),
-            "display": part(cwe, text_at),
+            "code": code,
+            "display": display,
         })
-        if coding and ("code" in coding or "display" in coding):
-            codings.append(coding)
+        assert coding is not None
+        codings.append(coding)
     text = part(cwe, 9)
     if not text and not any("code" in c for c in codings):
         text = part(cwe, 2)
