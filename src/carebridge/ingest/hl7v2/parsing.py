@@ -318,13 +318,22 @@ def _field(tree: Any, node: Any, escape: str) -> list[Composite]:
 
 def _repetition(tree: Any, node: Any, escape: str) -> Composite:
     # Leaves are str (the _Lists factory); only text holding the escape character is
-    # unescaped (a function call per leaf was most of this walk).
+    # unescaped (a function call per leaf was most of this walk). python-hl7 wraps every
+    # component in a list, of one subcomponent unless it holds "&": that case is taken
+    # without a comprehension (a comprehension per component cost more than its copy).
     if node.__class__ is str:
         return [[node if escape not in node else _leaf(tree, node, escape)]]
-    return [[component if escape not in component else _leaf(tree, component, escape)]
-            if component.__class__ is str else
-            [s if escape not in s else _leaf(tree, s, escape) for s in component]
-            for component in node]
+    out: Composite = []
+    for component in node:
+        if component.__class__ is str:
+            out.append([component if escape not in component
+                        else _leaf(tree, component, escape)])
+        elif len(component) == 1:
+            sub = component[0]
+            out.append([sub if escape not in sub else _leaf(tree, sub, escape)])
+        else:
+            out.append([s if escape not in s else _leaf(tree, s, escape) for s in component])
+    return out
 
 
 @dataclass
