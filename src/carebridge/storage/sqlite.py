@@ -19,7 +19,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -30,6 +30,19 @@ from urllib.parse import urlsplit
 from carebridge.storage.base import StoredVersion, VersionConflict, Write
 from carebridge.storage.migrations import migrations_for, sql_statements
 from carebridge.storage.sql import VERSION_COLUMNS, SqlSession, index_statements
+
+# Python 3.11's sqlite3 passes every parameter that is not exactly an int, float, str or
+# bytearray through its adapter registry before binding it: a key tuple built, a dict miss and
+# two failing attribute look-ups (__adapt__, __conform__), ~0.4 us each on this machine. Index
+# rows are mostly NULLs (a token row without text or type, a reference without version, url
+# or identifier) and bodies are bytes, so that was ~3 % of the instructions of an HL7 message.
+# Registered adapters are found at the dict look-up: None -> None (``{}.get`` is a C
+# function that returns None for any key; a lambda costs a Python frame) binds as NULL, and
+# ``bytes`` returns the same bytes object. (Measured: a row with four NULLs 3.6 -> 1.9 us.)
+_NOTHING: dict[None, None] = {}
+_as_null: Callable[[None], None] = _NOTHING.get
+sqlite3.register_adapter(type(None), _as_null)
+sqlite3.register_adapter(bytes, bytes)
 
 
 @lru_cache(maxsize=64)  # a transaction writes many versions with the same instant
