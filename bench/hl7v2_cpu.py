@@ -50,12 +50,14 @@ def measure(count: int, group: int, toggle_callgrind: bool) -> None:
     from carebridge.config import Settings
     from carebridge.ingest.hl7v2.parsing import read_frame
     from carebridge.ingest.hl7v2.processor import Hl7Processor
+    from carebridge.runtime import settle
 
     with tempfile.TemporaryDirectory(prefix="carebridge-bench-hl7cpu-") as tmp:
         stores = build_stores(Settings(database_url=f"sqlite:///{tmp}/cb.db",
                                        insecure_dev=True))
         processor = Hl7Processor(stores.service)
         data = messages(WARM_UP + count)
+        settle()  # the server's garbage-collector settings (carebridge.runtime)
 
         def commit(batch: list[bytes]) -> None:
             items = [processor.item(read_frame(m).messages[0][1]) for m in batch]  # type: ignore[arg-type]
