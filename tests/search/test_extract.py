@@ -6,6 +6,7 @@ implicit ranges) and the R4 SearchParameter expressions.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -38,8 +39,10 @@ from carebridge.search import (
     parse_reference,
     values_of,
 )
-from carebridge.search.extract import split_union
+from carebridge.search.extract import extract_stored, split_union, stored_codes
 
+# The module (the package exports a function of the same name).
+extract_module = importlib.import_module("carebridge.search.extract")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_TGZ = REPO_ROOT / ".." / "shared" / "fhir-r4" / "hl7.fhir.r4.examples-4.0.1.tgz"
 LOINC = "http://loinc.org"
@@ -704,6 +707,52 @@ def test_every_official_example_extracts(caplog: pytest.LogCaptureFixture) -> No
     assert caplog.records == []  # fhirpathpy never failed either
 
 
+def _stored_the_long_way(resource: dict[str, Any]) -> dict[str, Any]:
+    """What extract_stored must give: every parameter evaluated, the stored ones with values."""
+    kept = stored_codes(resource["resourceType"])
+    return {code: values for code, values in extract(resource).items()
+            if values and code in kept}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not PACKAGE_TGZ.is_file(), reason=f"the official FHIR R4 package is not at {PACKAGE_TGZ}"
+)
+def test_parameters_chosen_per_key_set_find_what_all_of_them_find() -> None:
+    # extract_stored runs only the parameters whose paths start at one of the resource's
+    # top-level keys, worked out once per key set: it must miss nothing.
+    checked = 0
+    for resource in _official_examples():
+        resource = {"id": "x", **resource}
+        assert extract_stored(resource) == _stored_the_long_way(resource), resource["id"]
+        checked += 1
+    assert checked > 5000
+
+
+def test_key_sets_are_remembered_per_type_in_any_order_and_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract_module, "_RUNS", {})
+    monkeypatch.setattr(extract_module, "_RUNS_PER_TYPE", 3)
+    observation = {"resourceType": "Observation", "id": "o", "status": "final",
+                   "code": {"coding": [{"system": LOINC, "code": "8867-4"}]},
+                   "valueQuantity": {"value": 72, "unit": "/min", "system": UCUM,
+                                     "code": "/min"}}
+    reordered = dict(reversed(list(observation.items())))
+    bare = {"resourceType": "Observation", "id": "o", "status": "final",
+            "code": observation["code"]}
+    first = extract_stored(observation)
+    assert "value-quantity" in first and "code" in first
+    assert extract_stored(reordered) == first  # another key order: its own entry, same values
+    assert "value-quantity" not in extract_stored(bare)  # fewer keys: fewer parameters run
+    assert len(extract_module._RUNS["Observation"]) == 3
+    patient = {"resourceType": "Patient", "id": "p", "gender": "male"}
+    assert extract_stored(patient) == _stored_the_long_way(patient)
+    assert len(extract_module._RUNS["Patient"]) == 1  # kept per type
+    extract_stored({**observation, "issued": "2024-01-01T00:00:00Z"})
+    assert len(extract_module._RUNS["Observation"]) == 1  # full: forgotten, then this one
+    assert extract_stored(observation) == first
+
+
 def test_a_synthea_bundle_extracts(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="carebridge.search")
     bundle = load_bundle("patient-034.json.gz")
@@ -711,6 +760,7 @@ def test_a_synthea_bundle_extracts(caplog: pytest.LogCaptureFixture) -> None:
         resource = entry["resource"]
         index = extract(resource)
         assert index["_id"] == [TokenValue(None, resource["id"])]
+        assert extract_stored(resource) == _stored_the_long_way(resource)
         if resource["resourceType"] == "Observation":
             assert index["code"], resource["id"]
             assert index["date"], resource["id"]
