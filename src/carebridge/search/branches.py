@@ -17,7 +17,7 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
 from carebridge.search.convert import Converter, convert_untyped, converter
-from carebridge.search.fastpath import PathPlan, Step, follow, walk
+from carebridge.search.fastpath import PathPlan, Step, follow, walk, where_equal
 from carebridge.search.values import CompositeValue, IndexValue, ReferenceValue
 
 __all__ = ["Branch", "Component", "CompositeBranch", "ExistsNotFalseBranch", "FhirPathBranch",
@@ -82,15 +82,18 @@ class PathBranch:
                 else:
                     nodes = [value]
                 if where is not None:
-                    field, literal = where
-                    nodes = [v for v in nodes if type(v) is dict and v.get(field) == literal]
+                    nodes = where_equal(nodes, where)
                 if rest and nodes:
                     nodes = follow(nodes, rest)
             for node in nodes:
                 found.extend(convert(node))
         if self.resolve_types:  # `.where(resolve() is Patient)`: the type of the target
-            types = self.resolve_types
-            out.extend(v for v in found if type(v) is ReferenceValue and v.target_type in types)
+            out.extend(_resolving_to(found, self.resolve_types))
+
+
+def _resolving_to(values: list[IndexValue], types: frozenset[str]) -> list[IndexValue]:
+    # (a comprehension in evaluate would cost it a closure cell on every call, 3.11)
+    return [v for v in values if type(v) is ReferenceValue and v.target_type in types]
 
 
 # One path of a PathBranch: its first key and that step's where-filter (None for the start

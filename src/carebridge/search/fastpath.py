@@ -23,7 +23,8 @@ from typing import Any
 
 from carebridge.search.elements import Child, children
 
-__all__ = ["Leaf", "PathPlan", "Step", "UnknownElementError", "compile_path", "follow", "walk"]
+__all__ = ["Leaf", "PathPlan", "Step", "UnknownElementError", "compile_path", "follow", "walk",
+           "where_equal"]
 
 _SEGMENT = re.compile(
     r"(?:as|ofType)\((?P<cast>[A-Za-z]+)\)"
@@ -81,12 +82,18 @@ def follow(current: list[Any], steps: tuple[Step, ...]) -> list[Any]:
             else:
                 found.append(value)
         if step.where is not None:
-            field, literal = step.where
-            found = [v for v in found if type(v) is dict and v.get(field) == literal]
+            found = where_equal(found, step.where)
         if not found:
             return found
         current = found
     return current
+
+
+def where_equal(nodes: list[Any], where: tuple[str, str]) -> list[Any]:
+    """The dict nodes whose ``field`` equals the literal (``.where(field='literal')``); a
+    function of its own so that its callers, on every extraction, need no closure cell."""
+    field, literal = where
+    return [v for v in nodes if type(v) is dict and v.get(field) == literal]
 
 
 def _same_type(fhir_type: str, cast: str) -> bool:

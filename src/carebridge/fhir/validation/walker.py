@@ -426,36 +426,41 @@ class Walker:
                 self.error("code-invalid", f"{value!r} is not a code of the required value set"
                            f" {vs} for {rule.path} (allowed: {expansion.examples()})", expr)
             return
+        # (coding, its index in CodeableConcept.coding or None); the path is only spelt
+        # out for an issue (this runs for every bound element of every write).
+        codings: list[tuple[dict[str, Any], int | None]]
         if code == "Coding":
-            codings = [(value, expr)]
+            codings = [(value, None)]
         elif code == "CodeableConcept":
             raw = value.get("coding")
-            codings = [(c, f"{expr}.coding[{i}]") for i, c in enumerate(raw)
-                       if isinstance(c, dict)] if isinstance(raw, list) else []
+            codings = []
+            if isinstance(raw, list):
+                for i, c in enumerate(raw):
+                    if isinstance(c, dict):
+                        codings.append((c, i))
         elif code == "Quantity":
             if "code" not in value:
                 return
-            codings = [(value, expr)]
+            codings = [(value, None)]
         else:
             return
         verdicts = []
-        for coding, _where in codings:
+        for coding, _ in codings:
             c, system = coding.get("code"), coding.get("system")
             if isinstance(c, str):
-                verdicts.append(expansion.has(system if isinstance(system, str) else None, c))
-        if any(v is not False for v in verdicts) and verdicts:
-            return
+                verdict = expansion.has(system if isinstance(system, str) else None, c)
+                if verdict is not False:
+                    return  # a coding in the value set (or one that cannot be judged)
+                verdicts.append(verdict)
         if not verdicts:
             if strength == "required" and code != "Quantity":
                 self.error("code-invalid", f"{rule.path} has a required binding to {vs} but "
                            "carries no code from it", expr)
             return
-        systems = expansion.systems
-        if strength != "required" and not any(
-                isinstance(coding.get("system"), str) and coding["system"] in systems
-                for coding, _ in codings):
+        if strength != "required" and not _any_system_in(codings, expansion.systems):
             return  # extensible/preferred: codes from other systems are allowed
-        first, where = codings[0]
+        first, index = codings[0]
+        where = expr if index is None else f"{expr}.coding[{index}]"
         shown = f"{first.get('system', '(no system)')}|{first.get('code')}"
         self.error("code-invalid", f"{shown} is not in the {strength} value set {vs} for "
                    f"{rule.path}" + (f" (allowed: {expansion.examples()})"
@@ -489,3 +494,10 @@ def _show(value: Any) -> str:
 
     text = orjson.dumps(value).decode()
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _any_system_in(codings: list[tuple[dict[str, Any], int | None]],
+                   systems: frozenset[str]) -> bool:
+    # A function of its own: the generator in Walker.binding made it a closure cell per call.
+    return any(isinstance(coding.get("system"), str) and coding["system"] in systems
+               for coding, _ in codings)

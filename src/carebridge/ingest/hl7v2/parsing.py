@@ -313,7 +313,10 @@ def _leaf(container: Any, text: str, escape: str) -> str:
 def _field(tree: Any, node: Any, escape: str) -> list[Composite]:
     if node.__class__ is str:
         return [[[node if escape not in node else _leaf(tree, node, escape)]]]
-    return [_repetition(tree, rep, escape) for rep in node]
+    out: list[Composite] = []
+    for rep in node:
+        out.append(_repetition(tree, rep, escape))
+    return out
 
 
 def _repetition(tree: Any, node: Any, escape: str) -> Composite:
@@ -332,8 +335,14 @@ def _repetition(tree: Any, node: Any, escape: str) -> Composite:
             sub = component[0]
             out.append([sub if escape not in sub else _leaf(tree, sub, escape)])
         else:
-            out.append([s if escape not in s else _leaf(tree, s, escape) for s in component])
+            out.append(_subcomponents(tree, component, escape))
     return out
+
+
+def _subcomponents(tree: Any, component: list[str], escape: str) -> list[str]:
+    # Its own function: a comprehension in _repetition or _field would give them a closure
+    # cell per variable it reads, made on every call (Python 3.11).
+    return [s if escape not in s else _leaf(tree, s, escape) for s in component]
 
 
 @dataclass
