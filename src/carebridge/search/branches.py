@@ -67,7 +67,9 @@ class PathBranch:
         start = resource if self.from_root else focus
         found: list[IndexValue] = [] if self.resolve_types else out
         # The first step is taken here (most paths find nothing there: a choice element's
-        # other types, an optional element), the rest by fastpath.follow.
+        # other types, an optional element), the rest by fastpath.follow. It repeats a few
+        # lines of follow on purpose: calling follow for every leaf instead cost +7.5 % of
+        # index_rows' instructions (valgrind, stop 16).
         for key, where, rest, convert in self.leaves:
             if key is None:
                 nodes = [start]
