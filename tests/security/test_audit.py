@@ -94,6 +94,19 @@ def test_an_untouched_ledger_verifies(secured: Secured) -> None:
     assert report.ok and report.checked == 20 and report.checkpoints == 4
 
 
+def test_a_flush_larger_than_one_insert_keeps_the_chain(secured: Secured) -> None:
+    # Ledger entries go in with multi-row INSERTs of 200: a flush of 450 spans three.
+    ledger = secured.authority.ledger
+    ledger.close()  # no background flush in between: these flushes are the test's own
+    _fill(ledger, batches=1, size=450)
+    _fill(ledger, batches=1, size=3)
+    report = verify_ledger(secured.authority.store.repository, secured.authority.keys)
+    assert report.ok and report.checked == 453 and report.checkpoints == 2
+    seqs = [r[0] for r in secured.authority.store.query(
+        "SELECT seq FROM audit_ledger ORDER BY seq")]
+    assert seqs == list(range(1, 454))
+
+
 @pytest.mark.parametrize("attack", ["edit", "delete", "insert", "reorder", "truncate",
                                     "rewrite"])
 def test_tampering_is_found_at_the_first_bad_entry(secured: Secured, attack: str) -> None:

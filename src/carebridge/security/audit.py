@@ -35,6 +35,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 
+from carebridge.events.sqltext import insert_many
 from carebridge.fhir.resource import new_id, now_instant, with_meta
 from carebridge.search.index import index_rows
 from carebridge.security.crypto import cipher_of, clear_session
@@ -132,10 +133,9 @@ class AuditLedger:
                 prev = digest
                 writes.append(Write(StoredVersion("AuditEvent", rid, 1, moment, "POST", body),
                                     None, index_rows(stored)))
-            for row in rows:
-                self.store.execute(
-                    "INSERT INTO audit_ledger (seq, event_id, body, prev_hash, hash)"
-                    " VALUES (?, ?, ?, ?, ?)", row, session=raw)
+            # One multi-row INSERT per 200 entries, not a statement per entry.
+            insert_many(raw, self.repository.dialect, "audit_ledger",
+                        ("seq", "event_id", "body", "prev_hash", "hash"), rows)
             session.write(writes)
             signature = _sign(key, seq, prev)
             self.store.execute(
