@@ -341,11 +341,9 @@ def extract_stored(resource: dict[str, Any]) -> dict[str, list[IndexValue]]:
         runs = known[keys] = _runs(resource_type, keys)
     out: dict[str, list[IndexValue]] = {}
     for code, branches in runs:
-        values: list[IndexValue] = []
-        for branch in branches:
-            branch.evaluate(resource, resource, values)
+        values = _evaluate(resource, None, branches)  # (the key set was tested above)
         if values:
-            out[code] = list(dict.fromkeys(values)) if len(values) > 1 else values
+            out[code] = values
     return out
 
 

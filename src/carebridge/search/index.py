@@ -28,7 +28,7 @@ from carebridge.search.values import (
     UriValue,
     normalize_string,
 )
-from carebridge.storage.sql import Rows
+from carebridge.storage.sql import INDEX_TABLES, Rows
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UCUM = "http://unitsofmeasure.org"
@@ -105,14 +105,10 @@ def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:
 def index_rows(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
     rtype, rid = resource["resourceType"], resource["id"]
-    tokens: list[tuple[Any, ...]] = []
-    strings: list[tuple[Any, ...]] = []
-    dates: list[tuple[Any, ...]] = []
-    references: list[tuple[Any, ...]] = []
-    quantities: list[tuple[Any, ...]] = []
-    numbers: list[tuple[Any, ...]] = []
-    uris: list[tuple[Any, ...]] = []
-    composites: list[tuple[Any, ...]] = []
+    rows: Rows = {table: [] for table in INDEX_TABLES}
+    tokens, strings, dates = rows["idx_token"], rows["idx_string"], rows["idx_date"]
+    references, quantities = rows["idx_reference"], rows["idx_quantity"]
+    numbers, uris, composites = rows["idx_number"], rows["idx_uri"], rows["idx_composite"]
     # The commonest kinds of value first: this loop runs for every index row of every write.
     for code, values in extract_stored(resource).items():
         texts: set[str] | None = None
@@ -124,7 +120,7 @@ def index_rows(resource: dict[str, Any]) -> Rows:
                     # nothing: :text finds it in the coding's row.
                     if texts is None:
                         texts = {normalize_string(v.text) for v in values
-                                 if type(v) is TokenValue and v.code is not None and v.text}
+                                 if isinstance(v, TokenValue) and v.code is not None and v.text}
                     if normalize_string(text) in texts:
                         continue
                 tokens.append((rtype, rid, code, value.system, value.code,
@@ -153,11 +149,4 @@ def index_rows(resource: dict[str, Any]) -> Rows:
                                 float(value.value)))
             elif isinstance(value, UriValue):
                 uris.append((rtype, rid, code, value.value))
-    rows: Rows = {}
-    for table, found in (("idx_string", strings), ("idx_token", tokens), ("idx_date", dates),
-                         ("idx_number", numbers), ("idx_quantity", quantities),
-                         ("idx_reference", references), ("idx_uri", uris),
-                         ("idx_composite", composites)):
-        if found:
-            rows[table] = found
-    return rows
+    return {table: found for table, found in rows.items() if found}

@@ -306,13 +306,14 @@ def _text(node: Any) -> str:
     return str(node)
 
 
-def _leaf(container: Any, text: str, escape: str) -> str:
-    return str(unescape(container, text)) if escape in text else text
+def _leaf(container: Any, text: str) -> str:
+    """A leaf holding the escape character, unescaped (callers test for it inline)."""
+    return str(unescape(container, text))
 
 
 def _field(tree: Any, node: Any, escape: str) -> list[Composite]:
     if node.__class__ is str:
-        return [[[node if escape not in node else _leaf(tree, node, escape)]]]
+        return [[[node if escape not in node else _leaf(tree, node)]]]
     out: list[Composite] = []
     for rep in node:
         out.append(_repetition(tree, rep, escape))
@@ -325,15 +326,15 @@ def _repetition(tree: Any, node: Any, escape: str) -> Composite:
     # component in a list, of one subcomponent unless it holds "&": that case is taken
     # without a comprehension (a comprehension per component cost more than its copy).
     if node.__class__ is str:
-        return [[node if escape not in node else _leaf(tree, node, escape)]]
+        return [[node if escape not in node else _leaf(tree, node)]]
     out: Composite = []
     for component in node:
         if component.__class__ is str:
             out.append([component if escape not in component
-                        else _leaf(tree, component, escape)])
+                        else _leaf(tree, component)])
         elif len(component) == 1:
             sub = component[0]
-            out.append([sub if escape not in sub else _leaf(tree, sub, escape)])
+            out.append([sub if escape not in sub else _leaf(tree, sub)])
         else:
             out.append(_subcomponents(tree, component, escape))
     return out
@@ -342,7 +343,7 @@ def _repetition(tree: Any, node: Any, escape: str) -> Composite:
 def _subcomponents(tree: Any, component: list[str], escape: str) -> list[str]:
     # Its own function: a comprehension in _repetition or _field would give them a closure
     # cell per variable it reads, made on every call (Python 3.11).
-    return [s if escape not in s else _leaf(tree, s, escape) for s in component]
+    return [s if escape not in s else _leaf(tree, s) for s in component]
 
 
 @dataclass
