@@ -65,10 +65,16 @@ def measure(count: int, group: int, toggle_callgrind: bool) -> None:
         settle()  # the server's garbage-collector settings (carebridge.runtime)
 
         def commit(batch: list[bytes]) -> None:
-            items = [processor.item(read_frame(m).messages[0][1]) for m in batch]  # type: ignore[arg-type]
+            items = [processor.item(read_frame(m).messages[0][1]) for m in batch]
             for outcome in processor.commit_group(items):
                 if outcome.ack_code != "AA":
                     raise SystemExit(f"not accepted: {outcome.ack!r}")
+
+        def parse_seconds() -> float:
+            started = time.process_time()
+            for payload in work:
+                read_frame(payload)
+            return time.process_time() - started
 
         for start in range(0, WARM_UP, group):
             commit(data[start:start + group])
@@ -84,16 +90,9 @@ def measure(count: int, group: int, toggle_callgrind: bool) -> None:
             subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())],
                            check=True, capture_output=True)
         stores.repository.close()
-        floor = min(_parse_seconds(work, read_frame) for _ in range(3))
+        floor = min(parse_seconds() for _ in range(3))
     print(f"RESULT cpu_ms={seconds / count * 1000:.4f} floor_ms={floor / count * 1000:.4f}",
           flush=True)
-
-
-def _parse_seconds(data: list[bytes], read_frame: object) -> float:
-    started = time.process_time()
-    for payload in data:
-        read_frame(payload)  # type: ignore[operator]
-    return time.process_time() - started
 
 
 def child(source: Path, args: argparse.Namespace, out_file: Path | None) -> subprocess.Popen[str]:
