@@ -52,7 +52,7 @@ from hl7.client import MLLPClient
 
 from carebridge.ingest.hl7v2.parsing import read_frame
 from carebridge.testing import ServerProcess, ThrowawayPostgres, free_port
-from carebridge.testing.procfs import child_pids, tree_cpu_seconds
+from carebridge.testing.procfs import child_pids, tree_cpu_seconds, tree_io_bytes
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "ingest" / "hl7v2" / "data"
 
@@ -129,6 +129,7 @@ def feed(database_url: str, data: list[bytes], connections: int,
         shares = [data[k::connections] for k in range(connections)]
         threads = [threading.Thread(target=sender, args=(s,)) for s in shares]
         cpu_before = tree_cpu_seconds(server.pid)
+        io_before = tree_io_bytes(server.pid)
         own_before = time.process_time()
         started = time.perf_counter()
         for t in threads:
@@ -137,6 +138,7 @@ def feed(database_url: str, data: list[bytes], connections: int,
             t.join()
         elapsed = time.perf_counter() - started
         cpu = tree_cpu_seconds(server.pid) - cpu_before
+        io_after = tree_io_bytes(server.pid)
         own = time.process_time() - own_before
     if failures:
         raise SystemExit(f"{len(failures)} messages not accepted; first ACK:\n{failures[0]}")
@@ -145,7 +147,9 @@ def feed(database_url: str, data: list[bytes], connections: int,
             "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
             "server_cpu_ms_per_message": 1000 * cpu / len(data),
-            "sender_cpu_ms_per_message": 1000 * own / len(data)}
+            "sender_cpu_ms_per_message": 1000 * own / len(data),
+            "server_read_kib_per_message": (io_after[0] - io_before[0]) / 1024 / len(data),
+            "server_written_kib_per_message": (io_after[1] - io_before[1]) / 1024 / len(data)}
 
 
 def _wait_for_children(pid: int, count: int, timeout: float = 60.0) -> None:
@@ -195,6 +199,9 @@ def main() -> int:
           " and processes;"
           f" with a core to itself: ~{1000 / result['server_cpu_ms_per_message']:.0f}"
           " messages/s)")
+    print(f"  server I/O: {result['server_read_kib_per_message']:.0f} KiB read,"
+          f" {result['server_written_kib_per_message']:.0f} KiB written per message (system"
+          " calls on files and sockets: WAL, checkpoints, pages re-read)")
     print(f"  sender CPU: {result['sender_cpu_ms_per_message']:.2f} ms per message (this process,"
           " same machine)")
     print(f"  floor: {floor:8.0f} messages/s parsed without storing (same messages, same run)")

@@ -40,6 +40,24 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def io_bytes(pid: int) -> tuple[int, int]:
+    """Bytes a process has read and written so far through system calls (``rchar`` and
+    ``wchar`` of /proc/<pid>/io: files and sockets, whether or not they reached a disk)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"]), int(fields["wchar"])
+
+
+def tree_io_bytes(pid: int) -> tuple[int, int]:
+    """``io_bytes`` of a process and of its live children, summed."""
+    read = written = 0
+    for one in [pid, *child_pids(pid)]:
+        with contextlib.suppress(OSError):
+            r, w = io_bytes(one)
+            read += r
+            written += w
+    return read, written
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a running process (not gone, not a zombie waiting to be reaped)."""
     try:
