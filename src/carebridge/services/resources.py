@@ -79,6 +79,10 @@ class PendingWrites:
     writes: list[Write] = field(default_factory=list)
     flushed: int = 0
     issues: dict[tuple[str, str], tuple[Issue, ...]] = field(default_factory=dict)
+    # The session the work reads in, for look-ups that only inform a warning (the
+    # duplicate-patient rule): they run there, on the connection and page cache the work
+    # already uses, instead of in another thread; None: they take a session of their own.
+    reader: Session | None = None
 
     def issues_of(self, version: StoredVersion) -> tuple[Issue, ...]:
         return self.issues.get((version.resource_type, version.id), ())
@@ -134,6 +138,7 @@ class ResourceService:
             pending = PendingWrites()
             try:
                 with self.repository.session(write=True) as session:
+                    pending.reader = session
                     result = work(session, pending)
                     pending.flush(session)
                     self.validation.record(session, pending.writes, pending.issues)
@@ -173,7 +178,7 @@ class ResourceService:
         if resource is not None:
             stored = with_meta(resource, resource_id, version, moment)
             if validate:
-                warnings = self.validation.check(stored)
+                warnings = self.validation.check(stored, pending.reader)
             body = orjson.dumps(stored)
             index = index_rows(stored)
         new = StoredVersion(resource_type, resource_id, version, moment, method, body)

@@ -74,9 +74,10 @@ class WriteValidation:
 
     # ------------------------------------------------------------------ writes
 
-    def check(self, resource: dict[str, Any]) -> list[Issue]:
+    def check(self, resource: dict[str, Any], reader: Session | None = None) -> list[Issue]:
         """Validate a resource about to be stored: raise on errors (strict), return the
-        warnings to keep with it."""
+        warnings to keep with it. ``reader``: the session the write's work reads in, where
+        the duplicate-patient look-up runs (see :meth:`duplicates`)."""
         if self.mode == "off":
             return []
         if resource.get("resourceType") == "StructureDefinition":
@@ -88,7 +89,7 @@ class WriteValidation:
             raise_for_errors(issues)
         issues += check_quality(resource)
         if resource.get("resourceType") == "Patient":
-            issues += self.duplicates(resource)
+            issues += self.duplicates(resource, reader)
         kept = []
         for issue in issues:
             if issue.severity in ("error", "fatal"):  # warn mode: recorded, not refused
@@ -98,10 +99,15 @@ class WriteValidation:
                 kept.append(issue)
         return kept
 
-    def duplicates(self, patient: dict[str, Any]) -> list[Issue]:
+    def duplicates(self, patient: dict[str, Any], reader: Session | None = None) -> list[Issue]:
         """``duplicate-patient`` warnings: stored Patients with the same normalised name and
         birth date that share an identifier or an address (quality/report.py has the rule).
-        Looked up like profiles, in a thread of its own, from committed data."""
+
+        Looked up in ``reader`` when the write has one (its transaction, or the read snapshot
+        an HL7 message is worked out in): same thread, same connection and page cache. Else
+        like profiles, in a thread of its own, from committed data. The thread cost an HL7
+        feed's committer ~600 us of waiting per Patient write (the reader's connection
+        re-reads its pages after every commit of another), against ~60 us in place."""
         if self.repository is None or not isinstance(patient.get("birthDate"), str):
             return []
         families = sorted({n["family"] for n in patient.get("name") or ()
@@ -109,8 +115,11 @@ class WriteValidation:
         if not families or not _anchored(patient):
             return []  # the rule needs a shared identifier or address: nothing can match
         try:
-            candidates = self._reader.submit(self._patients_like, patient["birthDate"],
-                                             families).result(timeout=LOOKUP_TIMEOUT)
+            if reader is not None:
+                candidates = self._patients_in(reader, patient["birthDate"], families)
+            else:
+                candidates = self._reader.submit(self._patients_like, patient["birthDate"],
+                                                 families).result(timeout=LOOKUP_TIMEOUT)
         except Exception:  # a warning we cannot compute must not fail a write
             log.warning("duplicate-patient look-up failed; the write goes on without it",
                         exc_info=True)
@@ -121,12 +130,18 @@ class WriteValidation:
                 for other, why in duplicates_of(patient, candidates)]
 
     def _patients_like(self, birth_date: str, families: list[str]) -> list[dict[str, Any]]:
+        """:meth:`_patients_in` a read session of its own."""
+        assert self.repository is not None
+        with self.repository.session() as session:
+            return self._patients_in(session, birth_date, families)
+
+    def _patients_in(self, session: Session, birth_date: str,
+                     families: list[str]) -> list[dict[str, Any]]:
         """Stored Patients with this birth date and one of these family names (normalised as
         the string index has them; at most 50 per name); the rule itself (the same folded
         name, a shared identifier or address) is applied to what they find. Straight from
         the index tables, both index-only look-ups with no search planning: this runs inside
         every Patient write."""
-        assert self.repository is not None
         from carebridge.events.sqltext import run
         from carebridge.search.index import index_rows
         from carebridge.search.values import normalize_string
@@ -139,17 +154,16 @@ class WriteValidation:
         low, high = dates[0][3], dates[0][4]
         dialect = self._dialect()
         ids: dict[str, None] = {}
-        with self.repository.session() as session:
-            for family in families[:3]:
-                norm = normalize_string(family)
-                rows = run(session, dialect,
-                           "SELECT s.id FROM idx_string s WHERE s.resource_type = 'Patient'"
-                           " AND s.param = 'family' AND s.norm = ? AND EXISTS"
-                           " (SELECT 1 FROM idx_date d WHERE d.resource_type = 'Patient'"
-                           " AND d.id = s.id AND d.param = 'birthdate' AND d.low = ?"
-                           " AND d.high = ?) LIMIT 50", (norm, low, high))
-                ids.update((str(row[0]), None) for row in rows)
-            found = session.read_many([("Patient", rid) for rid in ids])
+        for family in families[:3]:
+            norm = normalize_string(family)
+            rows = run(session, dialect,
+                       "SELECT s.id FROM idx_string s WHERE s.resource_type = 'Patient'"
+                       " AND s.param = 'family' AND s.norm = ? AND EXISTS"
+                       " (SELECT 1 FROM idx_date d WHERE d.resource_type = 'Patient'"
+                       " AND d.id = s.id AND d.param = 'birthdate' AND d.low = ?"
+                       " AND d.high = ?) LIMIT 50", (norm, low, high))
+            ids.update((str(row[0]), None) for row in rows)
+        found = session.read_many([("Patient", rid) for rid in ids]) if ids else {}
         return [orjson.loads(v.body) for v in found.values() if v.body]
 
     def stored(self, resource_type: str, resource: dict[str, Any] | None) -> None:

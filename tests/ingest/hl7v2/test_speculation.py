@@ -135,6 +135,34 @@ def test_a_group_with_two_messages_for_one_new_patient(hl7: Hl7Processor,
     assert len(stored(repository, "Encounter")) == 2
 
 
+@pytest.mark.parametrize("speculate", [True, False], ids=["speculated", "under-the-lock"])
+def test_a_likely_duplicate_patient_is_found_in_the_messages_own_session(
+        hl7: Hl7Processor, repository: Repository, monkeypatch: pytest.MonkeyPatch,
+        speculate: bool) -> None:
+    """The duplicate-patient rule reads where the message's work reads (its snapshot, or
+    its write transaction), not in the validation's reader thread, and still warns: a
+    second patient with another MRN but the same name, birth date and address."""
+    hl7.speculate = speculate
+    answers = count_holds(monkeypatch)
+
+    def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the look-up went to the reader thread")
+
+    monkeypatch.setattr(hl7.service.validation._reader, "submit", no_thread)
+    address = "|||1 Main St^^Town^^12345"
+    for control, pid in (("D1", "DP-1"), ("D2", "DP-2")):
+        frame = adt(control, pid).replace(b"19900101|F", b"19900101|F" + address.encode())
+        assert ack_fields(hl7.handle_frame(frame))["MSA"][1] == "AA"
+    assert answers == ([True, True] if speculate else [])
+    [first] = patients_with(repository, "DP-1")
+    [second] = patients_with(repository, "DP-2")
+    assert hl7.service.validation.recorded("Patient", first["id"]) == []
+    [(version, outcome)] = hl7.service.validation.recorded("Patient", second["id"])
+    assert version == 1
+    assert [i["diagnostics"][:60] for i in outcome["issue"]] == [
+        f"duplicate-patient: likely the same person as Patient/{first['id']}"[:60]]
+
+
 def test_a_resend_in_the_same_group_is_answered_from_the_archive(
         hl7: Hl7Processor, repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     """A message and its resend (same MSH-10) in one group: both were speculated against a

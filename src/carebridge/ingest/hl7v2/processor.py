@@ -373,7 +373,9 @@ class Hl7Processor:
             for item in items:
                 reads = ReadSet()
                 session = RecordingSession(snapshot, reads)
-                pending = PendingWrites()
+                # The duplicate-patient look-up reads the snapshot unrecorded: it only
+                # informs a warning, and a warning never makes the writes wrong.
+                pending = PendingWrites(reader=snapshot)
                 token = _GROUP.set(_Group(session, pending, item, self.store, speculative=True))
                 try:
                     # A resend stops at the archive look-up in run_write (_Duplicate) and is
