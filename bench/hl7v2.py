@@ -52,7 +52,7 @@ from hl7.client import MLLPClient
 
 from carebridge.ingest.hl7v2.parsing import read_frame
 from carebridge.testing import ServerProcess, ThrowawayPostgres, free_port
-from carebridge.testing.procfs import child_pids, tree_cpu_seconds, tree_io_bytes
+from carebridge.testing.procfs import child_pids, tree_cpu_seconds
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "ingest" / "hl7v2" / "data"
 
@@ -102,6 +102,10 @@ def parse_floor(data: list[bytes], rounds: int = 3) -> float:
 
 def feed(database_url: str, data: list[bytes], connections: int,
          workers: int = 0, deployed: bool = False) -> dict[str, float]:
+    # Imported here: hl7v2_cpu.py --against imports this module's message mix under older
+    # revisions of the package, which do not have it.
+    from carebridge.testing.procfs import tree_io_bytes
+
     port = free_port()
     latencies: list[float] = []
     failures: list[str] = []

@@ -25,7 +25,9 @@ from hl7.client import MLLPClient
 from carebridge.ingest.hl7v2.committer import GroupCommitter
 from carebridge.ingest.hl7v2.listener import ssl_context
 from carebridge.ingest.hl7v2.mllp import MllpServer
+from carebridge.ingest.hl7v2.parsing import read_frame
 from carebridge.ingest.hl7v2.processor import Hl7Processor
+from carebridge.ingest.hl7v2.store import MessageStore
 from carebridge.storage import Repository
 
 from .conftest import ack_fields, python_hl7_samples, sample, stored
@@ -314,3 +316,41 @@ def test_no_ack_on_the_loop_either_when_the_commit_fails(hl7: Hl7Processor) -> N
     finally:
         server.close()
         committer.stop()
+
+
+def test_a_groups_outcomes_reach_the_event_loop_in_one_wake_up(hl7: Hl7Processor,
+                                                                repository: Repository) -> None:
+    """Five messages awaited on one event loop are committed as one group, and their outcomes
+    arrive in a single call_soon_threadsafe; a waiter that gave up (cancelled) is skipped
+    without stopping the others, and its message is still stored (a resend finds it)."""
+    committer = GroupCommitter(hl7)  # started only once all five wait, so they form one group
+    wake_ups: list[int] = []
+
+    async def feed() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any) -> Any:
+            wake_ups.append(len(args[0]) if args else 0)
+            return original(callback, *args)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        waiters = []
+        for n in range(5):
+            [(_, message)] = read_frame(
+                f"MSH|^~\\&|ADM|GH|CB|CB|20240101||ADT^A04|W{n}|P|2.5.1\r"
+                f"PID|1||W-{n}^^^GH^MR||Doe^Pat||19900101|F".encode()).messages
+            assert not isinstance(message, Exception)
+            waiters.append(committer.enqueue_async(hl7.item(message)))
+        waiters[2].cancel()
+        committer.start()
+        return await asyncio.gather(*waiters, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(feed())
+    finally:
+        committer.stop()
+    assert wake_ups == [5]
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert [o.ack_code for i, o in enumerate(outcomes) if i != 2] == ["AA"] * 4
+    assert MessageStore(repository).count_archived() == 5

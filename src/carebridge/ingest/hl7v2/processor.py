@@ -36,7 +36,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -200,8 +199,9 @@ class Hl7Processor:
         self.application = application
         self.facility = facility
         self.submit: Callable[[Item], Outcome] = lambda item: self.commit_group([item])[0]
-        # With a group committer: hand an item over without waiting (handle_frame_fast).
-        self.enqueue: Callable[[Item], Future[Outcome]] | None = None
+        # With a group committer: hand an item over and await its outcome on the event loop
+        # (handle_frame_fast; called there).
+        self.enqueue: Callable[[Item], asyncio.Future[Outcome]] | None = None
         # Work messages out before taking the write lock (see _speculate); off, everything
         # runs under the lock.
         self.speculate = True
@@ -259,7 +259,7 @@ class Hl7Processor:
             item = self.item(parsed)
         except Hl7Error:
             return None
-        outcome = await asyncio.wrap_future(enqueue(item))
+        outcome = await enqueue(item)
         self._observed(parsed, outcome)
         return outcome.ack.encode(parsed.codec, "replace")
 
