@@ -50,9 +50,10 @@ sqlite3.register_adapter(bytes, bytes)
 # into the WAL before it commits and reads them back when it touches them again: a group of
 # 25 HL7 messages writes ~1,500 index rows at ~20 B-tree positions each, and a Synthea
 # transaction bundle ~3,000. Measured on this machine (bench/hl7v2.py, 6,000 messages, two
-# server processes): 405 -> 138 KiB read and 265 -> 181 KiB written per message, server CPU
-# per message -7 %. SQLite allocates cache pages only as they are used, and a connection
-# only grows this far once it has written; read-only connections keep the default.
+# server processes, three alternating pairs): 396-413 -> 125-141 KiB read and 261-273 ->
+# 176-184 KiB written per message, server CPU 3.7-4.3 -> 3.5-3.9 ms per message. SQLite
+# allocates cache pages only as they are used, and a connection only grows this far once it
+# has written; read-only connections keep the default.
 WRITER_CACHE_KIB = 32768
 
 
