@@ -28,9 +28,17 @@ listed) and WAL frames per resource. The floor is the current layout: the figure
 is the ratio. Only the writing is measured (extraction is ``bench/search.py``'s
 ``index_rows()`` line); search SQL over the compact layouts is not written.
 
+``--end-to-end`` measures the compact-rowid layout's write path in the real server instead:
+HTTP transaction ingest of the same bundles (as ``bench/search.py``'s ingest A/B) into the
+product as it is, into a server whose SQLite sessions write compact-rowid rows instead of the
+product's (a monkeypatch of ``SqliteSession.write`` in that server process; searches are not
+rewritten, so that server could not answer them), and with no index rows at all (the floor).
+Printed: resources/s of each and what each layout adds to the no-index time.
+
 Run::
 
     .venv/bin/python bench/index_layout.py [--rounds 3] [--data ../shared/data/synthea-r4]
+    .venv/bin/python bench/index_layout.py --end-to-end [--rounds 3]
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import argparse
 import os
 import re
 import sqlite3
+import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -182,14 +192,138 @@ def insert_all(layout: str, bundles: list[Rows], workdir: Path) -> tuple[float, 
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------------------- end to end
+
+
+def _compact_write_path() -> None:
+    """In a ``--serve`` process: SQLite sessions store compact-rowid rows (the product's
+    resource rows unchanged; a resource's number is the rowid its insert gets)."""
+    from carebridge.storage.base import Write
+    from carebridge.storage.sqlite import SqliteSession
+
+    product_write = SqliteSession.write
+    params: dict[tuple[str, str], int] = {}
+    ready: set[int] = set()
+
+    def write(self: SqliteSession, writes: list[Write]) -> None:
+        conn: sqlite3.Connection = self._conn
+        if id(conn) not in ready:
+            # (DDL joins the write transaction: no executescript, which would commit it)
+            for statement in ROWID_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
+                                 .replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+            ready.add(id(conn))
+        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM resource").fetchone()[0]
+        product_write(self, [Write(w.version, w.expected_version) for w in writes])
+        collected: Rows = {}
+        for w in writes:
+            if not w.index:
+                continue
+            if w.expected_version is None:
+                last += 1  # rowids of new rows: one more than the largest, in insert order
+                rid = last
+            else:
+                rid = conn.execute("SELECT rowid FROM resource WHERE resource_type = ? AND"
+                                   " id = ?", (w.version.resource_type, w.version.id)
+                                   ).fetchone()[0]
+                for table in INDEX_NAMES:
+                    conn.execute(f"DELETE FROM c_{table} WHERE k BETWEEN ? AND ?",
+                                 (rid << 16, (rid << 16) | 65535))
+            for table, found in w.index.items():
+                out = collected.setdefault(table, [])
+                key = rid << 16
+                for row in found:
+                    pid = params.setdefault((row[0], row[2]), len(params) + 1)
+                    out.append((key, rid, pid, *row[3:]))
+                    key += 1
+        for table, found in collected.items():
+            conn.executemany(f"INSERT INTO c_{table[4:]} VALUES"
+                             f" ({', '.join(['?'] * len(found[0]))})", found)
+
+    SqliteSession.write = write  # type: ignore[method-assign]
+
+
+INDEX_NAMES = ("string", "token", "date", "number", "quantity", "reference", "uri",
+               "composite")
+
+
+def serve(database_url: str, port: int, variant: str) -> None:
+    """The ``--serve`` process: ``carebridge serve`` with the product's index rows,
+    compact-rowid ones, or none."""
+    if variant == "none":
+        import carebridge.services.resources as resources
+
+        setattr(resources, "index_rows", lambda resource: {})  # noqa: B010
+    elif variant == "compact":
+        _compact_write_path()
+    from carebridge.cli import _serve
+    from carebridge.config import Settings
+
+    _serve(Settings(database_url=database_url, host="127.0.0.1", port=port))
+
+
+def end_to_end(files: Sequence[Path], rounds: int) -> None:
+    from carebridge.testing import ServerProcess
+    from search import _post_bundles  # this directory's search benchmark: the same client
+
+    raws = [path.read_bytes() for path in files]
+    resources = sum(len(orjson.loads(raw).get("entry") or []) for raw in raws)
+    seconds: dict[str, list[float]] = {"product": [], "compact": [], "none": []}
+    with tempfile.TemporaryDirectory(prefix="carebridge-bench-layout-") as tmp:
+        for round_ in range(rounds):
+            order = list(seconds) if round_ % 2 == 0 else list(reversed(seconds))
+            for variant in order:
+                path = Path(tmp) / f"{variant}-{round_}.db"
+                program = (sys.executable, str(Path(__file__).resolve()), "--serve", variant)
+                with ServerProcess(f"sqlite:///{path}", program=program) as server:
+                    seconds[variant].append(_post_bundles(server.base_url, raws))
+                check = sqlite3.connect(path)
+                try:  # each variant wrote what it should, and only that
+                    written = {table: check.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                               for table in ("idx_token", "c_token") if check.execute(
+                                   "SELECT 1 FROM sqlite_master WHERE name = ?", (table,)
+                               ).fetchone()}
+                finally:
+                    check.close()
+                wanted = {"product": "idx_token", "compact": "c_token"}.get(variant)
+                if any(bool(n) != (table == wanted) for table, n in written.items()):
+                    raise SystemExit(f"{variant}: unexpected index rows {written}")
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+    floor = statistics.median(seconds["none"])
+    print(f"HTTP transaction ingest of {len(files)} bundles ({resources} resources), median of"
+          f" {rounds} alternating rounds:")
+    for variant, label in (("none", "no index rows (floor)"), ("product", "product layout"),
+                           ("compact", "compact-rowid layout")):
+        took = statistics.median(seconds[variant])
+        rounds_text = ", ".join(f"{x:.2f}" for x in seconds[variant])
+        print(f"  {label:22s} {resources / took:7,.0f} resources/s; indexing adds"
+              f" {took / floor - 1:+7.1%}  (rounds: {rounds_text} s)")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":  # ServerProcess adds its own options
+        serve_args = argparse.ArgumentParser()
+        serve_args.add_argument("--serve", choices=("product", "compact", "none"))
+        serve_args.add_argument("--database")
+        serve_args.add_argument("--host")
+        serve_args.add_argument("--port", type=int)
+        known, _ = serve_args.parse_known_args()
+        serve(known.database, known.port, known.serve)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="HTTP ingest with each layout's write path (see above)")
     args = parser.parse_args()
     files = sorted(args.data.glob("patient-*.json"))
     if not files:
         raise SystemExit(f"no patient-*.json bundles in {args.data}")
+    if args.end_to_end:
+        end_to_end(files, args.rounds)
+        return
     current, resources = bundle_rows(files)
     numbering = Numbering()
     compact = [{t: [numbering.row(t, r) for r in found] for t, found in rows.items()}
