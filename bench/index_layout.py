@@ -248,19 +248,14 @@ INDEX_NAMES = ("string", "token", "date", "number", "quantity", "reference", "ur
                "composite")
 
 
-def serve(database_url: str, port: int, variant: str) -> None:
-    """The ``--serve`` process: ``carebridge serve`` with the product's index rows,
+def serve(database_url: str, host: str, port: int, variant: str) -> None:
+    """The ``--serve`` process: ``bench/search.py``'s server with the product's index rows,
     compact-rowid ones, or none."""
-    if variant == "none":
-        import carebridge.services.resources as resources
+    from search import serve as search_serve
 
-        setattr(resources, "index_rows", lambda resource: {})  # noqa: B010
-    elif variant == "compact":
+    if variant == "compact":
         _compact_write_path()
-    from carebridge.cli import _serve
-    from carebridge.config import Settings
-
-    _serve(Settings(database_url=database_url, host="127.0.0.1", port=port))
+    search_serve(database_url, host, port, no_index=variant == "none")
 
 
 def end_to_end(files: Sequence[Path], rounds: int) -> None:
@@ -310,7 +305,7 @@ def main() -> None:
         serve_args.add_argument("--host")
         serve_args.add_argument("--port", type=int)
         known, _ = serve_args.parse_known_args()
-        serve(known.database, known.port, known.serve)
+        serve(known.database, known.host, known.port, known.serve)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
