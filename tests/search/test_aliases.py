@@ -24,10 +24,14 @@ from carebridge.fhir import registry
 from carebridge.search.aliases import ALIASES
 from carebridge.search.extract import values_of
 from carebridge.search.index import index_rows
+from carebridge.search.params import numbering
 
 # the module (the package re-exports a function of the same name)
 extract = importlib.import_module("carebridge.search.extract")
 PACKAGE = Path(__file__).parents[3] / "shared" / "fhir-r4" / "hl7.fhir.r4.examples-4.0.1.tgz"
+
+# pid -> parameter code (index rows start with the pid)
+CODE = {n: code for (_, code), n in numbering().items()}
 
 
 def observations() -> list[dict[str, Any]]:
@@ -61,7 +65,7 @@ def test_alias_rows_are_the_union_of_its_parts(monkeypatch: pytest.MonkeyPatch) 
     for resource in found:
         resource.setdefault("id", "x")
         with_components += bool(resource.get("component"))
-        stored = {row[2] for rows in index_rows(resource).values() for row in rows}
+        stored = {CODE[row[0]] for rows in index_rows(resource).values() for row in rows}
         assert not stored & set(ALIASES["Observation"])
         with monkeypatch.context() as patch:  # every parameter's rows, aliases included
             patch.setattr(extract, "_RUNS", {})
@@ -69,10 +73,11 @@ def test_alias_rows_are_the_union_of_its_parts(monkeypatch: pytest.MonkeyPatch) 
                 entry for entry in extract._plan_for(rtype) if entry[0] != "_id"))
             every = index_rows(resource)
         for code, parts in ALIASES["Observation"].items():
-            # the values of a row (after type, id, param): the same, whichever name
-            alias = {(t, row[3:]) for t, rows in every.items() for row in rows if row[2] == code}
-            union = {(t, row[3:]) for t, rows in every.items() for row in rows
-                     if row[2] in parts}
+            # the values of a row (after its parameter's number): the same, whichever name
+            alias = {(t, row[1:]) for t, rows in every.items() for row in rows
+                     if CODE[row[0]] == code}
+            union = {(t, row[1:]) for t, rows in every.items() for row in rows
+                     if CODE[row[0]] in parts}
             assert alias == union, (resource["id"], code)
             with_alias_rows += bool(alias)
         assert {v for v in values_of(resource, "combo-code")} == {
@@ -138,7 +143,7 @@ def test_restricted_alias_rows_are_the_narrowed_rows_of_the_other() -> None:
     for resource in observations():
         resource = {**resource, "id": resource.get("id") or "x",
                     "meta": {"lastUpdated": "2024-01-01T00:00:00Z"}}
-        stored = {row[2] for row in index_rows(resource).get("idx_reference", [])}
+        stored = {CODE[row[0]] for row in index_rows(resource).get("idx_reference", [])}
         assert "patient" not in stored
         patient = values_of(resource, "patient")
         narrowed = [v for v in values_of(resource, "subject")
@@ -185,8 +190,8 @@ def test_a_twin_has_no_rows_and_the_values_of_the_one_it_reads() -> None:
                "name": [{"family": "Núñez", "given": ["Ana", "María"], "prefix": ["Dr"]},
                         {"text": "Ana Nunez"}]}
     rows = index_rows(patient)["idx_string"]
-    assert {row[2] for row in rows} >= {"name", "family", "given"}
-    assert "phonetic" not in {row[2] for row in rows}
+    assert {CODE[row[0]] for row in rows} >= {"name", "family", "given"}
+    assert "phonetic" not in {CODE[row[0]] for row in rows}
     assert values_of(patient, "phonetic") == values_of(patient, "name")
     assert len(values_of(patient, "name")) == 5
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from carebridge.search.index import index_rows
+from carebridge.search.params import pid
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -16,7 +17,8 @@ def _height(code: dict[str, Any]) -> dict[str, Any]:
 
 
 def _composites(resource: dict[str, Any], param: str) -> list[tuple[Any, ...]]:
-    return [row[3:] for row in index_rows(resource).get("idx_composite", []) if row[2] == param]
+    number = pid(resource["resourceType"], param)
+    return [row[1:] for row in index_rows(resource).get("idx_composite", []) if row[0] == number]
 
 
 def test_a_coded_concept_gives_no_composite_rows_for_its_text() -> None:
@@ -36,5 +38,5 @@ def test_the_text_still_has_its_token_row_for_the_text_modifier() -> None:
     tokens = [row for row in index_rows(_height({"coding": [{"system": LOINC,
                                                             "code": "8302-2"}],
                                                  "text": "Body Height"}))["idx_token"]
-              if row[2] == "code"]
-    assert any(row[5] == "body height" for row in tokens)
+              if row[0] == pid("Observation", "code")]
+    assert any(row[3] == "body height" for row in tokens)

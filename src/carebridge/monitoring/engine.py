@@ -49,7 +49,9 @@ from carebridge.monitoring.scoring import (
 from carebridge.monitoring.subscriptions import SubscriptionMatcher
 from carebridge.security.policy import Action, Caller
 from carebridge.services.resources import PendingWrites, ResourceService
+from carebridge.search.params import pid
 from carebridge.storage.base import Session, StoredVersion
+from carebridge.storage.sql import rows_of
 
 log = logging.getLogger(__name__)
 # Changes that alter who is monitored or by which rules.
@@ -468,9 +470,11 @@ def _of_patients(session: Session, dialect: str, observation_ids: Sequence[str],
     for start in range(0, len(unique), 500):
         part = unique[start:start + 500]
         rows = run(session, dialect,
-                   "SELECT id, target_id FROM idx_reference WHERE resource_type = 'Observation'"
-                   " AND param = 'subject' AND target_type = 'Patient' AND id IN"
-                   f" ({', '.join('?' for _ in part)})", part)
+                   "SELECT r.id, i.target_id FROM resource r CROSS JOIN idx_reference i"
+                   " WHERE r.resource_type = 'Observation' AND r.id IN"
+                   f" ({', '.join('?' for _ in part)}) AND {rows_of('i', 'r', dialect == 'sqlite')}"
+                   " AND i.pid = ?"
+                   " AND i.target_type = 'Patient'", [*part, pid("Observation", "subject")])
         kept += [str(rid) for rid, target in rows if target in patients]
     return list(dict.fromkeys(kept))
 

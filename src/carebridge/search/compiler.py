@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +25,10 @@ from carebridge.fhir.errors import BadRequest
 from carebridge.search import terminology
 from carebridge.search.aliases import restricted, stored_as
 from carebridge.search.index import canonical, micros
+from carebridge.search.params import pid, pids
 from carebridge.search.query import Criterion, Value
 from carebridge.search.values import normalize_string
+from carebridge.storage.sql import rows_of
 
 _TABLE = {
     "string": "idx_string", "token": "idx_token", "date": "idx_date", "number": "idx_number",
@@ -52,6 +55,14 @@ def _uri_parents(uri: str) -> list[str]:
         head = f"{scheme}://{'/'.join(parts[:n])}".rstrip("/")
         found += [head, f"{head}/"]
     return list(dict.fromkeys(found))
+
+
+@cache
+def _types_of(code: str) -> tuple[str, ...]:
+    """Every resource type ``code`` applies to."""
+    from carebridge.search.params import numbering
+
+    return tuple(sorted({t for t, c in numbering() if c == code}))
 
 
 _SLOT = re.compile("\x00(\\d+)\x00")
@@ -90,17 +101,28 @@ class Compiler:
     # ------------------------------------------------------------------ criteria
     #
     # ``types`` is the scope of a condition: the resource types searched (never empty; a
-    # system search without _type passes every type). Index subqueries always constrain
-    # ``resource_type`` (one type, or an IN list), the first column of every lookup index.
+    # system search without _type passes every type). Index rows name their resource by
+    # number (``rid``) and their (type, parameter) pair by number (``pid``,
+    # search.params), so naming the parameters' numbers for the searched types also scopes
+    # the rows to those types; every look-up index starts with ``pid``.
 
-    def exists(self, criterion: Criterion, alias: str = "r") -> str:
-        """The criterion as a check on one row of ``alias`` (with ``resource_type`` and ``id``
-        columns): a correlated ``EXISTS`` on the index table's ``(resource_type, id, param)``
-        index, so its cost is a few index probes per candidate row, whatever the number of
-        resources that match it elsewhere (``r.id IN (...)`` would build the whole list)."""
+    def own(self, alias: str, rows: str = "i") -> str:
+        """The index rows (alias ``rows``) of the resource ``alias`` (anything with a
+        ``rid`` column): on SQLite a range of the index table's rowids (rid * 2**24 + n,
+        migration 0011), on PostgreSQL its (rid, pid, ...) index."""
+        return rows_of(rows, alias, self.mark == "?")
+
+    def exists(self, criterion: Criterion, alias: str = "r", row: str = "r",
+               types: tuple[str, ...] = ()) -> str:
+        """The criterion as a check on one resource: ``alias`` has its ``rid`` (a row of
+        ``resource``, a leading criterion's row or an index row), ``row`` is its row of
+        ``resource`` (for its type and id). A correlated ``EXISTS`` on the resource's own
+        index rows, so its cost is a few index probes per candidate row, whatever the number
+        of resources that match it elsewhere (``r.rid IN (...)`` would build the whole
+        list). ``types``: the types the resource may have (every type the parameter
+        applies to when empty)."""
         negate = criterion.modifier in ("not", "not-in")
-        own = (f"i.resource_type = {alias}.resource_type AND i.id = {alias}.id"
-               f" AND {self.param(criterion)}")
+        own = f"{self.own(alias)} AND {self.param_code(criterion.code, types)}"
         fence = self._fence
         if criterion.modifier == "missing":
             table = _TABLE.get(criterion.type, "idx_token")
@@ -108,20 +130,19 @@ class Compiler:
             return f"NOT {present}" if criterion.values[0].raw == "true" else present
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
-            cond = f"{alias}.id IN ({self.marks(ids)})"
+            cond = f"{row}.id IN ({self.marks(ids)})"
             return f"NOT ({cond})" if negate else cond
         if criterion.has is not None:
             source, ref_code, inner = criterion.has
-            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
-                     f" AND i.target_type = {alias}.resource_type"
-                     f" AND i.resource_type = {self.p(source)}"
+            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {row}.id"
+                     f" AND i.target_type = {row}.resource_type"
                      f" AND {self.param_code(ref_code, (source,))}"
-                     f" AND i.id IN ({self.condition_ids(source, inner)}){fence})")
+                     f" AND i.rid IN ({self.condition_ids(source, inner)}){fence})")
         elif criterion.code == "_list":
-            ids = [v.raw for v in criterion.values]
-            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {alias}.id"
-                     f" AND i.target_type = {alias}.resource_type AND i.resource_type = 'List'"
-                     f" AND i.param = 'item' AND i.id IN ({self.marks(ids)}){fence})")
+            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {row}.id"
+                     f" AND i.target_type = {row}.resource_type"
+                     f" AND i.pid = {self.p(pid('List', 'item'))}"
+                     f" AND i.rid IN ({self._lists(criterion)}){fence})")
         elif criterion.chain is not None:
             found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE {own}"
                      f" AND ({self._chain_branches(criterion)}){fence})")
@@ -131,33 +152,32 @@ class Compiler:
                      f" AND ({ors}){fence})")
         return f"NOT {found}" if negate else found
 
+    def _lists(self, criterion: Criterion) -> str:
+        """The numbers of the Lists a ``_list`` criterion names (search.html#list)."""
+        return (f"SELECT c.rid FROM resource c WHERE c.resource_type = 'List'"
+                f" AND c.id IN ({self.marks([v.raw for v in criterion.values])})")
+
     def driver(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion,
                distinct: bool = True) -> str:
-        """A subquery of the distinct ``(resource_type, id)`` pairs matching a positive
+        """A subquery of the distinct ``rid`` of the resources matching a positive
         criterion, to lead a join: only current resources have index rows. Without
-        ``distinct`` (one type only) a resource may come once per matching index row."""
+        ``distinct`` a resource may come once per matching index row."""
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
-            scope = self._scope(types, "c.resource_type")
-            return (f"SELECT c.resource_type, c.id FROM resource c WHERE {scope}"
+            scope = self.scope(types, "c.resource_type")
+            return (f"SELECT c.rid FROM resource c WHERE {scope}"
                     f" AND c.id IN ({self.marks(ids)}) AND NOT c.deleted")
         inner = self.ids(types, criterion, *same_row)
-        if len(types) == 1:
-            unique = "DISTINCT " if distinct else ""
-            return f"SELECT {unique}{self.p(types[0])} AS resource_type, d.id FROM ({inner}) d"
-        return f"SELECT DISTINCT * FROM ({inner}) d"
+        unique = "DISTINCT " if distinct else ""
+        return f"SELECT {unique}d.rid FROM ({inner}) d"
 
-    def param(self, criterion: Criterion, column: str = "i.param") -> str:
-        """``column`` naming the criterion's parameter, or the parameters whose rows stand
-        for it when its own are not stored (search.aliases)."""
-        return self.param_code(criterion.code, criterion.definition.get("base", ()), column)
-
-    def param_code(self, code: str, types: Iterable[str], column: str = "i.param") -> str:
-        """``column`` naming the rows that answer ``code`` on ``types``: its own, those of
-        the parameters it unites, or, for a restricted alias, those of the parameter it
-        narrows whose target has the type (search.aliases; the other columns of the row are
-        read through the alias of ``column``'s table)."""
-        types = tuple(types)
+    def param_code(self, code: str, types: Iterable[str], column: str = "i.pid") -> str:
+        """``column`` naming the rows that answer ``code`` on ``types`` (every type it
+        applies to when ``types`` is empty): its own, those of the parameters it unites,
+        or, for a restricted alias, those of the parameter it narrows whose target has the
+        type (search.aliases; the other columns of the row are read through the alias of
+        ``column``'s table)."""
+        types = tuple(types) or _types_of(code)
         narrowed: dict[tuple[str, str], list[str]] = {}
         plain: list[str] = []
         for rtype in types:
@@ -167,47 +187,41 @@ class Compiler:
             else:
                 narrowed.setdefault(alias, []).append(rtype)
         parts = []
-        if plain or not types:
-            names = stored_as(code, plain)
-            parts.append(f"{column} = {self.p(names[0])}" if len(names) == 1
-                         else f"{column} IN ({self.marks(names)})")
+        if plain:
+            numbers = sorted({n for rtype in plain
+                              for name in stored_as(code, (rtype,)) for n in pids(name, (rtype,))})
+            if numbers:
+                parts.append(self._in(column, numbers))
         table = column.rsplit(".", 1)[0]
         for (stored, target), owners in narrowed.items():
-            scope = "" if not plain and len(narrowed) == 1 else (
-                f" AND {self._scope(tuple(owners), f'{table}.resource_type')}")
-            parts.append(f"{column} = {self.p(stored)} AND {table}.target_type = "
-                         f"{self.p(target)}{scope}")
+            numbers = sorted(pids(stored, owners))
+            parts.append(f"{self._in(column, numbers)} AND {table}.target_type = "
+                         f"{self.p(target)}")
+        if not parts:
+            return "1 = 0"
         return parts[0] if len(parts) == 1 else "(" + " OR ".join(
             f"({part})" for part in parts) + ")"
 
-    def scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
-        """``column`` restricted to the searched types."""
-        return self._scope(types, column)
+    def _in(self, column: str, values: list[Any]) -> str:
+        if len(values) == 1:
+            return f"{column} = {self.p(values[0])}"
+        return f"{column} IN ({self.marks(values)})"
 
-    def _scope(self, types: tuple[str, ...], column: str = "i.resource_type") -> str:
-        if len(types) == 1:
-            return f"{column} = {self.p(types[0])}"
-        return f"{column} IN ({self.marks(types)})"
-
-    @staticmethod
-    def _select(types: tuple[str, ...], alias: str = "i") -> str:
-        return f"{alias}.id" if len(types) == 1 else f"{alias}.resource_type, {alias}.id"
+    def scope(self, types: tuple[str, ...], column: str = "r.resource_type") -> str:
+        """``column`` (a resource's type) restricted to the searched types."""
+        return self._in(column, list(types))
 
     def ids(self, types: tuple[str, ...], criterion: Criterion, *same_row: Criterion) -> str:
-        """A subquery selecting the ids (with types when more than one type is searched) of
-        resources whose values match the criterion (ignoring ``:not``/``:not-in``, which the
-        caller applies); ``same_row`` criteria on the same parameter must hold for the same
-        index row (search.planner does this for a single-valued parameter only)."""
+        """A subquery selecting the numbers (``rid``) of resources whose values match the
+        criterion (ignoring ``:not``/``:not-in``, which the caller applies); ``same_row``
+        criteria on the same parameter must hold for the same index row (search.planner
+        does this for a single-valued parameter only)."""
         if criterion.has is not None:
             return self._has(types, criterion)
         if criterion.code == "_list":
             # search.html#list: the resources a List refers to in its items
-            ids = [v.raw for v in criterion.values]
-            sel = ("i.target_id AS id" if len(types) == 1
-                   else "i.target_type AS resource_type, i.target_id AS id")
-            return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = 'List'"
-                    f" AND i.id IN ({self.marks(ids)}) AND i.param = 'item'"
-                    f" AND {self._scope(types, 'i.target_type')}")
+            return self._targets(types, self._lists(criterion),
+                                 f"i.pid = {self.p(pid('List', 'item'))}")
         if criterion.chain is not None:
             return self._chain(types, criterion)
         table = _TABLE[criterion.type]
@@ -216,8 +230,17 @@ class Compiler:
             for c in (criterion, *same_row))
         if same_row and criterion.type == "date" and self.mark == "%s":
             conds += self._span((criterion, *same_row))
-        return (f"SELECT {self._select(types)} FROM {table} i WHERE {self._scope(types)}"
-                f" AND {self.param_code(criterion.code, types)}{conds}")
+        return (f"SELECT i.rid FROM {table} i"
+                f" WHERE {self.param_code(criterion.code, types)}{conds}")
+
+    def _targets(self, types: tuple[str, ...], sources: str, which: str) -> str:
+        """The numbers of the resources of ``types`` that the ``which`` reference rows of
+        the resources ``sources`` (a subquery of rids) point to (``_has``, ``_list``):
+        reference rows name their target by type and id, which may not exist (yet)."""
+        return (f"SELECT t.rid FROM ({sources}) s CROSS JOIN idx_reference i"
+                f" CROSS JOIN resource t WHERE {self.own('s')} AND {which}"
+                f" AND {self.scope(types, 'i.target_type')}"
+                f" AND t.resource_type = i.target_type AND t.id = i.target_id")
 
     def _span(self, criteria: tuple[Criterion, ...]) -> str:
         """PostgreSQL: AND-ed date ranges met by one index row, as the span that row must
@@ -245,8 +268,7 @@ class Compiler:
                 f" && int8range({self.p(lower)}, {self.p(upper)}, '[]')")
 
     def _chain(self, types: tuple[str, ...], criterion: Criterion) -> str:
-        return (f"SELECT {self._select(types)} FROM idx_reference i WHERE {self._scope(types)}"
-                f" AND {self.param_code(criterion.code, types)}"
+        return (f"SELECT i.rid FROM idx_reference i WHERE {self.param_code(criterion.code, types)}"
                 f" AND ({self._chain_branches(criterion)})")
 
     def _chain_branches(self, criterion: Criterion) -> str:
@@ -254,28 +276,26 @@ class Compiler:
         branches = []
         for target in criterion.chain_types:
             inner = self.condition_ids(target, criterion.chain)
-            branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN ({inner}))")
+            branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN"
+                            f" (SELECT c.id FROM resource c WHERE c.rid IN ({inner})))")
         return " OR ".join(branches)
 
     def condition_ids(self, rtype: str, criterion: Criterion) -> str:
-        """Ids of current ``rtype`` resources meeting the criterion, modifiers included."""
+        """Numbers of current ``rtype`` resources meeting the criterion, modifiers
+        included."""
         negate = criterion.modifier in ("not", "not-in") or (
             criterion.modifier == "missing" and criterion.values[0].raw == "true")
         if not negate and criterion.modifier != "missing" and criterion.code != "_id":
             return self.ids((rtype,), criterion)
-        cond = self.exists(criterion, "c")
-        return (f"SELECT c.id FROM resource c WHERE c.resource_type = {self.p(rtype)}"
+        cond = self.exists(criterion, "c", "c", (rtype,))
+        return (f"SELECT c.rid FROM resource c WHERE c.resource_type = {self.p(rtype)}"
                 f" AND NOT c.deleted AND {cond}")
 
     def _has(self, types: tuple[str, ...], criterion: Criterion) -> str:
         assert criterion.has is not None
         source, ref_code, inner = criterion.has
-        inner_ids = self.condition_ids(source, inner)
-        sel = ("i.target_id AS id" if len(types) == 1
-               else "i.target_type AS resource_type, i.target_id AS id")
-        return (f"SELECT {sel} FROM idx_reference i WHERE i.resource_type = {self.p(source)}"
-                f" AND {self.param_code(ref_code, (source,))}"
-                f" AND {self._scope(types, 'i.target_type')} AND i.id IN ({inner_ids})")
+        return self._targets(types, self.condition_ids(source, inner),
+                             self.param_code(ref_code, (source,)))
 
     # ------------------------------------------------------------------ values
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from carebridge.search.extract import extract_stored
+from carebridge.search.params import pids_of
 from carebridge.search.values import (
     CompositeValue,
     DateValue,
@@ -103,14 +104,16 @@ def _composite_rows(value: CompositeValue) -> Iterable[tuple[Any, ...]]:
 
 
 def index_rows(resource: dict[str, Any]) -> Rows:
-    """Every index row of ``resource`` by table; rows start with (resource_type, id, param)."""
-    rtype, rid = resource["resourceType"], resource["id"]
+    """Every index row of ``resource`` by table; rows start with the parameter's number
+    (carebridge.search.params); the session writing them puts the resource's in front."""
+    pids = pids_of(resource["resourceType"])
     rows: Rows = {table: [] for table in INDEX_TABLES}
     tokens, strings, dates = rows["idx_token"], rows["idx_string"], rows["idx_date"]
     references, quantities = rows["idx_reference"], rows["idx_quantity"]
     numbers, uris, composites = rows["idx_number"], rows["idx_uri"], rows["idx_composite"]
     # The commonest kinds of value first: this loop runs for every index row of every write.
     for code, values in extract_stored(resource).items():
+        pid = pids[code]
         texts: set[str] | None = None
         for value in values:  # extract_stored has removed duplicates
             if isinstance(value, TokenValue):
@@ -123,30 +126,29 @@ def index_rows(resource: dict[str, Any]) -> Rows:
                                  if isinstance(v, TokenValue) and v.code is not None and v.text}
                     if normalize_string(text) in texts:
                         continue
-                tokens.append((rtype, rid, code, value.system, value.code,
+                tokens.append((pid, value.system, value.code,
                                normalize_string(text) if text else None,
                                value.type_system, value.type_code))
             elif isinstance(value, ReferenceValue):
                 ident = value.identifier
                 references.append((
-                    rtype, rid, code, value.target_type, value.target_id, value.version,
+                    pid, value.target_type, value.target_id, value.version,
                     value.url, ident.system if ident else None, ident.code if ident else None,
                 ))
             elif isinstance(value, DateValue):
-                dates.append((rtype, rid, code, micros(value.start), micros(value.end)))
+                dates.append((pid, micros(value.start), micros(value.end)))
             elif isinstance(value, StringValue):
-                strings.append((rtype, rid, code, value.normalized, value.value))
+                strings.append((pid, value.normalized, value.value))
             elif isinstance(value, CompositeValue):
-                key = (rtype, rid, code)
-                composites.extend((*key, *row) for row in _composite_rows(value))
+                composites.extend((pid, *row) for row in _composite_rows(value))
             elif isinstance(value, QuantityValue):
                 quantities.append((
-                    rtype, rid, code, value.system, value.code, _float(value.value),
+                    pid, value.system, value.code, _float(value.value),
                     _float(value.low), _float(value.high), *_ucum(value),
                 ))
             elif isinstance(value, NumberValue):
-                numbers.append((rtype, rid, code, float(value.low), float(value.high),
+                numbers.append((pid, float(value.low), float(value.high),
                                 float(value.value)))
             elif isinstance(value, UriValue):
-                uris.append((rtype, rid, code, value.value))
+                uris.append((pid, value.value))
     return {table: found for table, found in rows.items() if found}

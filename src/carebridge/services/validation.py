@@ -146,24 +146,28 @@ class WriteValidation:
         every Patient write."""
         from carebridge.events.sqltext import run
         from carebridge.search.index import index_rows
+        from carebridge.search.params import pid
+        from carebridge.storage.sql import rows_of
         from carebridge.search.values import normalize_string
 
+        birthdate = pid("Patient", "birthdate")
         dates = [row for row in index_rows({"resourceType": "Patient", "id": "-",
                                             "birthDate": birth_date}).get("idx_date", ())
-                 if row[2] == "birthdate"]
+                 if row[0] == birthdate]
         if not dates:
             return []
-        low, high = dates[0][3], dates[0][4]
+        low, high = dates[0][1], dates[0][2]
         dialect = self._dialect()
         ids: dict[str, None] = {}
         for family in families[:3]:
             norm = normalize_string(family)
             rows = run(session, dialect,
-                       "SELECT s.id FROM idx_string s WHERE s.resource_type = 'Patient'"
-                       " AND s.param = 'family' AND s.norm = ? AND EXISTS"
-                       " (SELECT 1 FROM idx_date d WHERE d.resource_type = 'Patient'"
-                       " AND d.id = s.id AND d.param = 'birthdate' AND d.low = ?"
-                       " AND d.high = ?) LIMIT 50", (norm, low, high))
+                       "SELECT r.id FROM idx_string s CROSS JOIN resource r"
+                       " WHERE s.pid = ? AND s.norm = ? AND EXISTS"
+                       " (SELECT 1 FROM idx_date d WHERE d.pid = ? AND d.low = ? AND d.high = ?"
+                       f" AND {rows_of('d', 's', dialect == 'sqlite')}) AND r.rid = s.rid"
+                       " LIMIT 50",
+                       (pid("Patient", "family"), norm, birthdate, low, high))
             ids.update((str(row[0]), None) for row in rows)
         found = session.read_many([("Patient", rid) for rid in ids]) if ids else {}
         return [orjson.loads(v.body) for v in found.values() if v.body]

@@ -78,30 +78,42 @@ class PostgresSession(SqlSession):
         inserts = [w.version for w in writes if w.expected_version is None]
         updates = [w for w in writes if w.expected_version is not None]
         with self._conn.cursor() as cur:
+            taken_rids: list[int] = []
             if inserts:
+                # Numbers for the new resources in one round trip (the identity column's
+                # sequence), so that their index rows can be written with them.
+                cur.execute("SELECT nextval(pg_get_serial_sequence('resource', 'rid'))"
+                            " FROM generate_series(1, %s)", (len(inserts),))
+                taken_rids = [int(r[0]) for r in cur.fetchall()]
                 cur.executemany(
                     "INSERT INTO resource"
-                    " (resource_type, id, version, last_updated, deleted, body)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    " (rid, resource_type, id, version, last_updated, deleted, body)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [
-                        (v.resource_type, v.id, v.version, v.last_updated, v.deleted, v.body)
-                        for v in inserts
+                        (rid, v.resource_type, v.id, v.version, v.last_updated, v.deleted,
+                         v.body)
+                        for rid, v in zip(taken_rids, inserts, strict=True)
                     ],
                 )
                 if cur.rowcount != len(inserts):
                     existing = self.read_many([(v.resource_type, v.id) for v in inserts])
                     taken = next(iter(existing.values()), inserts[0])
                     raise VersionConflict(taken.resource_type, taken.id)
+            fresh = [w for w in writes if w.expected_version is None]
+            numbers = {id(w): rid for w, rid in zip(fresh, taken_rids, strict=True)}
             for w in updates:
                 v = w.version
                 cur.execute(
                     "UPDATE resource SET version = %s, last_updated = %s, deleted = %s,"
-                    " body = %s WHERE resource_type = %s AND id = %s AND version = %s",
+                    " body = %s WHERE resource_type = %s AND id = %s AND version = %s"
+                    " RETURNING rid",
                     (v.version, v.last_updated, v.deleted, v.body,
                      v.resource_type, v.id, w.expected_version),
                 )
-                if cur.rowcount != 1:
+                found = cur.fetchone()
+                if found is None:
                     raise VersionConflict(v.resource_type, v.id)
+                numbers[id(w)] = int(found[0])
             cur.executemany(
                 f"INSERT INTO resource_history ({VERSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                 [
@@ -110,7 +122,8 @@ class PostgresSession(SqlSession):
                     for w in writes
                 ],
             )
-            for statement, rows in index_statements(writes, "%s"):
+            rids = [numbers[id(w)] for w in writes]
+            for statement, rows in index_statements(writes, rids, "%s"):
                 if statement.startswith("INSERT INTO ") and len(rows) > _COPY_THRESHOLD:
                     # COPY moves many rows several times faster than executemany.
                     table, _, columns = statement[12:].partition(" (")

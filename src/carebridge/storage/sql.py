@@ -11,8 +11,10 @@ from carebridge.storage.base import HistoryPage, HistoryQuery, StoredVersion, Wr
 
 VERSION_COLUMNS = "resource_type, id, version, last_updated, method, body"
 
-# The search index tables (migration 0002) and their value columns; every row starts with
-# (resource_type, id, param).
+# The search index tables and their value columns. Every row starts with its resource's
+# number and its parameter's (``rid``, ``pid``: migrations sqlite 0011, postgresql 0012);
+# carebridge.search.index makes rows of (pid, values...) and a session puts the numbers in
+# front when it knows them.
 INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "idx_string": ("norm", "exact"),
     "idx_token": ("system", "code", "text_norm", "type_system", "type_code"),
@@ -28,15 +30,33 @@ INDEX_TABLES: dict[str, tuple[str, ...]] = {
 
 Rows = dict[str, list[tuple[Any, ...]]]
 
+# SQLite: an index row's rowid is rid * 2**24 + n, so a resource's rows in a table are one
+# range of the table's B-tree (migration 0011).
+ROW_BITS = 24
+ROWS_PER_RESOURCE = 1 << ROW_BITS
+
+
+def rows_of(rows: str, resource: str, sqlite: bool) -> str:
+    """SQL: the index rows (alias ``rows``) of the resource ``resource`` (any alias with a
+    ``rid`` column): on SQLite a range of the index table's rowids, which its B-tree finds
+    (there is no index on ``rid``); on PostgreSQL the table's (rid, pid, ...) index."""
+    if sqlite:
+        return (f"{rows}.k BETWEEN {resource}.rid * {ROWS_PER_RESOURCE}"
+                f" AND {resource}.rid * {ROWS_PER_RESOURCE} + {ROWS_PER_RESOURCE - 1}")
+    return f"{rows}.rid = {resource}.rid"
+
 
 def index_insert_sql(table: str, mark: str) -> str:
-    columns = ("resource_type", "id", "param", *INDEX_TABLES[table])
+    keyed = ("k",) if mark == "?" else ()
+    columns = (*keyed, "rid", "pid", *INDEX_TABLES[table])
     marks = ", ".join([mark] * len(columns))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 def index_delete_sql(table: str, mark: str) -> str:
-    return f"DELETE FROM {table} WHERE resource_type = {mark} AND id = {mark}"
+    if mark == "?":
+        return f"DELETE FROM {table} WHERE k BETWEEN ? AND ?"
+    return f"DELETE FROM {table} WHERE rid = {mark}"
 
 
 def history_sql(
@@ -76,18 +96,29 @@ def _where(conditions: list[str]) -> str:
     return (" WHERE " + " AND ".join(conditions)) if conditions else ""
 
 
-def index_statements(writes: Sequence[Write], mark: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The statements that bring the search index in line with ``writes``: delete the rows of
-    resources that had a version before, insert the rows of the new versions."""
+def index_statements(writes: Sequence[Write], rids: Sequence[int],
+                     mark: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that bring the search index in line with ``writes`` (whose resources
+    have the numbers ``rids``): delete the rows of resources that had a version before,
+    insert the rows of the new versions."""
     statements: list[tuple[str, list[tuple[Any, ...]]]] = []
-    replaced = [(w.version.resource_type, w.version.id) for w in writes
-                if w.expected_version is not None]
+    sqlite = mark == "?"
+    replaced: list[tuple[int, ...]] = [
+        ((rid << ROW_BITS, (rid << ROW_BITS) + ROWS_PER_RESOURCE - 1) if sqlite else (rid,))
+        for w, rid in zip(writes, rids, strict=True) if w.expected_version is not None]
     if replaced:
         statements.extend((index_delete_sql(table, mark), replaced) for table in INDEX_TABLES)
     collected: dict[str, list[tuple[Any, ...]]] = {}
-    for w in writes:
-        for table, rows in (w.index or {}).items():
-            collected.setdefault(table, []).extend(rows)
+    for w, rid in zip(writes, rids, strict=True):
+        if not w.index:
+            continue
+        for table, rows in w.index.items():
+            into = collected.setdefault(table, [])
+            if sqlite:
+                base = rid << ROW_BITS
+                into.extend([(base + n, rid, *row) for n, row in enumerate(rows)])
+            else:
+                into.extend([(rid, *row) for row in rows])
     statements.extend((index_insert_sql(table, mark), rows) for table, rows in collected.items())
     return statements
 

@@ -122,30 +122,40 @@ class SqliteSession(SqlSession):
 
     def write(self, writes: Sequence[Write]) -> None:
         inserts = [w.version for w in writes if w.expected_version is None]
-        updates = [w for w in writes if w.expected_version is not None]
+        numbers: dict[int, int] = {}  # id(write) -> the resource's rid
         if inserts:
+            # New resources are numbered in order after the highest number: this session
+            # holds the database's write lock, so nobody else takes one meanwhile.
+            row = self._conn.execute("SELECT max(rid) FROM resource").fetchone()
+            first = int(row[0] or 0) + 1
             before = self._conn.total_changes
             self._conn.executemany(
-                "INSERT INTO resource (resource_type, id, version, last_updated, deleted, body)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO resource (rid, resource_type, id, version, last_updated, deleted,"
+                " body) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [
-                    (v.resource_type, v.id, v.version, _ts(v.last_updated), v.deleted, v.body)
-                    for v in inserts
+                    (first + n, v.resource_type, v.id, v.version, _ts(v.last_updated),
+                     v.deleted, v.body)
+                    for n, v in enumerate(inserts)
                 ],
             )
             if self._conn.total_changes - before != len(inserts):
                 taken = self._first_existing(inserts)
                 raise VersionConflict(taken.resource_type, taken.id)
-        for w in updates:
+            fresh = (w for w in writes if w.expected_version is None)
+            numbers = {id(w): first + n for n, w in enumerate(fresh)}
+        for w in writes:
+            if w.expected_version is None:
+                continue
             v = w.version
-            cur = self._conn.execute(
+            found = self._conn.execute(
                 "UPDATE resource SET version = ?, last_updated = ?, deleted = ?, body = ?"
-                " WHERE resource_type = ? AND id = ? AND version = ?",
+                " WHERE resource_type = ? AND id = ? AND version = ? RETURNING rid",
                 (v.version, _ts(v.last_updated), v.deleted, v.body,
                  v.resource_type, v.id, w.expected_version),
-            )
-            if cur.rowcount != 1:
+            ).fetchone()
+            if found is None:
                 raise VersionConflict(v.resource_type, v.id)
+            numbers[id(w)] = int(found[0])
         self._conn.executemany(
             f"INSERT INTO resource_history ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [
@@ -154,7 +164,8 @@ class SqliteSession(SqlSession):
                 for w in writes
             ],
         )
-        for statement, rows in index_statements(writes, "?"):
+        rids = [numbers[id(w)] for w in writes]
+        for statement, rows in index_statements(writes, rids, "?"):
             self._conn.executemany(statement, rows)
 
     def _first_existing(self, inserts: Sequence[StoredVersion]) -> StoredVersion:
