@@ -82,6 +82,8 @@ import orjson
 import psycopg
 
 from carebridge.search.aliases import restricted
+from carebridge.search.params import pid as pid_of
+from carebridge.storage.sql import ROW_BITS, rows_of
 from carebridge.testing import ServerProcess, ThrowawayPostgres, find_postgres_binaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -524,7 +526,9 @@ def copy_from_sqlite(path: Path, url: str) -> tuple[int, dict[str, int], float]:
     migrated PostgreSQL database with COPY, secondary indexes dropped during the copy and
     created again after it (what a bulk load does). The rows are the product's own: both
     backends store what ``BundleProcessor.transaction`` and ``index_rows`` produced for the
-    same bundles (the history's ``seq`` is renumbered in the same order)."""
+    same bundles (the history's ``seq`` is renumbered in the same order; the resources keep
+    their numbers ``rid``, the index rows them; SQLite's row key ``k`` of index rows is not
+    a PostgreSQL column)."""
     began = time.perf_counter()
     source = sqlite3.connect(path)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -534,8 +538,12 @@ def copy_from_sqlite(path: Path, url: str) -> tuple[int, dict[str, int], float]:
         for name, _ in indexes:
             conn.execute(f'DROP INDEX "{name}"')
         for table in _COPIED:
+            known = {row[0] for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+                (table,))}
             columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")
-                       if not (table == "resource_history" and row[1] == "seq")]
+                       if row[1] in known
+                       and not (table == "resource_history" and row[1] == "seq")]
             order = " ORDER BY seq" if table == "resource_history" else ""
             names = ", ".join(columns)
             with conn.cursor() as cursor, cursor.copy(
@@ -543,6 +551,9 @@ def copy_from_sqlite(path: Path, url: str) -> tuple[int, dict[str, int], float]:
                 for row in source.execute(f"SELECT {names} FROM {table}{order}"):
                     copy.write_row(row)
             print(f"  copied {table} ({time.perf_counter() - began:.0f} s)", flush=True)
+        # New resources would be numbered after the copied ones.
+        conn.execute("SELECT setval(pg_get_serial_sequence('resource', 'rid'),"
+                     " (SELECT max(rid) FROM resource))")
         for _, definition in indexes:
             conn.execute(definition)
         print(f"  indexes created ({time.perf_counter() - began:.0f} s)", flush=True)
@@ -661,8 +672,9 @@ def extraction_seconds(raws: Sequence[bytes]) -> float:
 def row_insert_micros(raws: Sequence[bytes], workdir: Path) -> tuple[float, float]:
     """Microseconds per index row inserted into fresh SQLite index tables (product schema,
     WAL, ``synchronous=FULL``, one transaction, 300 rows per ``executemany`` as a
-    transaction of a few bundles would), with the tables' indexes and without them; best of
-    three each."""
+    transaction of a few bundles would), with the tables' look-up indexes and without them
+    (the rows keyed as the product keys them: k = rid * 2**24 + n, rid, then ``index_rows``'
+    pid and values); best of three each."""
     from carebridge.fhir.resource import new_id, now_instant, with_meta
     from carebridge.search.index import index_rows
     from carebridge.storage.sql import index_insert_sql
@@ -670,11 +682,14 @@ def row_insert_micros(raws: Sequence[bytes], workdir: Path) -> tuple[float, floa
 
     moment = now_instant()
     rows: dict[str, list[tuple[Any, ...]]] = {}
+    rid = 0
     for raw in raws:
         for entry in orjson.loads(raw).get("entry") or []:
+            rid += 1  # the resources' numbers, in order, as a fresh database gives them
             for table, found in index_rows(with_meta(entry["resource"], new_id(), 1,
                                                      moment)).items():
-                rows.setdefault(table, []).extend(found)
+                rows.setdefault(table, []).extend(
+                    ((rid << ROW_BITS) + n, rid, *row) for n, row in enumerate(found))
     count = sum(len(found) for found in rows.values())
 
     def once(n: int, bare: bool) -> float:
@@ -753,15 +768,18 @@ def measure_ingest_cost(backend: str, files: Sequence[Path], rounds: int,
 
 
 FIXED = "/* join order as written */ "
+_OWN = re.compile(r"\bOWN\((\w+), (\w+)\)")
 
 
 class Db:
     """One driver connection to the benchmark database: runs the floors (SQL written with
-    ``?``) and re-runs the product's own SQL (already in the dialect's marks)."""
+    ``?`` and OWN(rows, resource), see "Floors") and re-runs the product's own SQL (already
+    in the dialect's marks)."""
 
     def __init__(self, backend: str, target: str) -> None:
         self.backend = backend
         self.log: list[tuple[str, list[Any]]] | None = None
+        self._text: dict[str, str] = {}
         self._pg_text: dict[str, bytes] = {}
         self.sqlite: sqlite3.Connection | None = None
         self.pg: psycopg.Connection[Any] | None = None
@@ -780,18 +798,33 @@ class Db:
             self.pg_fixed = psycopg.connect(target, autocommit=True, prepare_threshold=None,
                                             options="-c join_collapse_limit=1")
 
-    def q(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A floor statement (``?`` marks); starting with FIXED: joins in the order written."""
-        if self.log is not None:
-            self.log.append((sql, list(params)))
-        if self.sqlite is not None:
-            return self.sqlite.execute(sql, params).fetchall()
-        assert self.pg is not None
-        text = self._pg_text.get(sql)
+    def written(self, sql: str) -> str:
+        """A floor statement as the backend runs it: OWN(rows, resource) written out (see
+        "Floors"); on PostgreSQL ``%s`` marks and without SQLite's NOT INDEXED (which keeps
+        SQLite on the table's own key there). Written text is left as it is."""
+        text = self._text.get(sql)
         if text is None:
-            text = self._pg_text[sql] = sql.replace("?", "%s").encode()
+            sqlite = self.sqlite is not None
+            text = _OWN.sub(lambda m: rows_of(m[1], m[2], sqlite), sql)
+            if not sqlite:
+                text = text.replace(" NOT INDEXED", "").replace("?", "%s")
+            self._text[sql] = text
+        return text
+
+    def q(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A floor statement (``?`` marks, OWN: see :meth:`written`); starting with FIXED:
+        joins in the order written."""
+        text = self.written(sql)
+        if self.log is not None:
+            self.log.append((text, list(params)))
+        if self.sqlite is not None:
+            return self.sqlite.execute(text, params).fetchall()
+        assert self.pg is not None
+        data = self._pg_text.get(text)
+        if data is None:
+            data = self._pg_text[text] = text.encode()
         conn = self.pg_fixed if sql.startswith(FIXED) else self.pg
-        return conn.execute(text, params).fetchall()
+        return conn.execute(data, params).fetchall()
 
     def raw(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A statement of the product's, on this connection (for EXPLAIN and spot timing)."""
@@ -801,8 +834,9 @@ class Db:
         return self.pg.execute(sql.encode(), params).fetchall()
 
     def explain(self, sql: str, params: Sequence[Any], *, floor: bool) -> list[str]:
+        text = self.written(sql) if floor else sql
         if self.sqlite is not None:
-            rows = self.sqlite.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            rows = self.sqlite.execute(f"EXPLAIN QUERY PLAN {text}", params).fetchall()
             depth: dict[int, int] = {0: -1}
             lines = []
             for node, parent, _, detail in rows:
@@ -810,7 +844,6 @@ class Db:
                 lines.append("  " * depth[node] + str(detail))
             return lines
         assert self.pg is not None
-        text = sql.replace("?", "%s") if floor else sql
         explain = f"EXPLAIN (ANALYZE, BUFFERS) {text}".encode()
         conn = self.pg_fixed if sql.startswith(FIXED) else self.pg
         lines = [str(row[0]) for row in conn.execute(explain, params).fetchall()]
@@ -974,8 +1007,8 @@ def parse_bundle(content: bytes, status: int, url: str) -> tuple[Answer, int, li
         if mode == "outcome":
             ignored += [i.get("diagnostics", "?") for i in entry["resource"].get("issue", [])]
             continue
-        rtype, rid = entry["fullUrl"].rsplit("/", 2)[-2:]
-        (matches.append((rtype, rid)) if mode == "match" else included.add((rtype, rid)))
+        rtype, ident = entry["fullUrl"].rsplit("/", 2)[-2:]
+        (matches.append((rtype, ident)) if mode == "match" else included.add((rtype, ident)))
     next_url = next((link["url"] for link in bundle.get("link", [])
                      if link.get("relation") == "next"), None)
     answer = Answer(matches, next_url is not None, included, bundle.get("total"), next_url)
@@ -983,17 +1016,29 @@ def parse_bundle(content: bytes, status: int, url: str) -> tuple[Answer, int, li
 
 
 # Floors: hand-written SQL over the product's own tables and indexes, as an application
-# developer who knows the schema would write it for the same rows. Index rows exist only for
-# current, not deleted versions (a deletion stores none), so counts need not touch `resource`.
+# developer who knows the schema would write it for the same rows. An index row names its
+# resource by number (`rid`, the key of `resource`) and its parameter by the number of its
+# (resource type, parameter) pair (`pid`: carebridge.search.params, also the database's
+# `search_param` table), so a pid also confines the rows to one type. Index rows exist only
+# for current, not deleted versions (a deletion stores none), so counts need not touch
+# `resource`. OWN(rows, res) in a floor stands for "the index rows `rows` of the resource
+# `res`" (Db.q writes it out): on SQLite a range of the index table's own key k (rid * 2**24
+# + n; there is no index on rid), on PostgreSQL the table's (rid, pid, ...) index.
 
 
 @dataclass(frozen=True)
 class Part:
-    """One index table joined on (resource_type, id), with its conditions ({a}: its alias)."""
+    """The rows of one index table for the parameter(s) ``codes`` (stored codes, aliases
+    resolved; the Select names their pids for its type), with conditions on the other
+    columns ({a}: the table's alias). ``probe``: the table's look-up index is (pid, the
+    columns ``cond`` fixes by equality, rid), so a given resource's row is one seek by
+    ``{a}.rid = ...``; otherwise it is found among the resource's own rows (OWN)."""
 
     table: str
-    cond: str
+    codes: tuple[str, ...]
+    cond: str = ""
     params: tuple[Any, ...] = ()
+    probe: bool = False
 
 
 _TOP = "\U0010ffff"
@@ -1008,14 +1053,14 @@ def day(text: str) -> tuple[int, int]:
 
 def token(param: str, code: str, system: str | None = None) -> Part:
     if system is None:
-        return Part("idx_token", "{a}.param = ? AND {a}.code = ?", (param, code))
-    return Part("idx_token", "{a}.param = ? AND {a}.code = ? AND {a}.system = ?",
-                (param, code, system))
+        return Part("idx_token", (param,), "{a}.code = ?", (code,))
+    return Part("idx_token", (param,), "{a}.code = ? AND {a}.system = ?", (code, system),
+                probe=True)
 
 
 def refers(param: str, target_type: str, target_id: str) -> Part:
-    return Part("idx_reference", "{a}.target_id = ? AND {a}.target_type = ? AND {a}.param = ?",
-                (target_id, target_type, param))
+    return Part("idx_reference", (param,), "{a}.target_id = ? AND {a}.target_type = ?",
+                (target_id, target_type), probe=True)
 
 
 def patient_ref(resource_type: str, patient_id: str) -> Part:
@@ -1030,8 +1075,8 @@ def dates(param: str, ge: str | None = None, lt: str | None = None) -> Part:
     """FHIR date semantics on stored ranges [low, high]: ``ge`` = some of the range after
     the day, or all of it within the day; ``lt`` = some of it before the day. The bound
     ``high >= first instant of the day`` is implied by ``ge`` and lets an index range scan."""
-    conds: list[str] = ["{a}.param = ?"]
-    params: list[Any] = [param]
+    conds: list[str] = []
+    params: list[Any] = []
     if ge is not None:
         lo, hi = day(ge)
         conds.append("{a}.high >= ? AND ({a}.high > ? OR ({a}.low >= ? AND {a}.high <= ?))")
@@ -1039,14 +1084,14 @@ def dates(param: str, ge: str | None = None, lt: str | None = None) -> Part:
     if lt is not None:
         conds.append("{a}.low < ?")
         params.append(day(lt)[0])
-    return Part("idx_date", " AND ".join(conds), tuple(params))
+    return Part("idx_date", (param,), " AND ".join(conds), tuple(params))
 
 
 def quantity(param: str, op: str, value: float, code: str | None = None) -> Part:
-    cond = f"{{a}}.param = ? AND {{a}}.value {op} ?"
+    cond = f"{{a}}.value {op} ?"
     if code is None:
-        return Part("idx_quantity", cond, (param, value))
-    return Part("idx_quantity", cond + " AND {a}.code = ?", (param, value, code))
+        return Part("idx_quantity", (param,), cond, (value,))
+    return Part("idx_quantity", (param,), cond + " AND {a}.code = ?", (value, code))
 
 
 def normalized(text: str) -> str:
@@ -1059,54 +1104,61 @@ def normalized(text: str) -> str:
 
 def name_prefix(param: str, text: str) -> Part:
     norm = normalized(text)
-    return Part("idx_string", "{a}.param = ? AND {a}.norm >= ? AND {a}.norm < ?",
-                (param, norm, norm + _TOP))
+    return Part("idx_string", (param,), "{a}.norm >= ? AND {a}.norm < ?", (norm, norm + _TOP))
 
 
 def named_patients(name: str) -> tuple[str, tuple[Any, ...], str]:
-    """The ids of patients with a name starting with ``name``, to lead a chain's floor."""
+    """The ids of patients with a name starting with ``name``, to lead a chain's floor
+    (reference rows name their target by id): the numbers from the name's look-up index
+    (pid, norm, rid), their ids from ``resource``."""
     norm = normalized(name)
-    return ("SELECT DISTINCT n.id FROM idx_string n WHERE n.resource_type = ? AND n.param = ?"
-            " AND n.norm >= ? AND n.norm < ?", ("Patient", "name", norm, norm + _TOP),
-            "{a}.target_id = p.id")
+    return ("SELECT c.id FROM resource c WHERE c.rid IN (SELECT n.rid FROM idx_string n"
+            " WHERE n.pid = ? AND n.norm >= ? AND n.norm < ?)",
+            (pid_of("Patient", "name"), norm, norm + _TOP), "{a}.target_id = p.id")
 
 
 class Select:
-    """``rtype`` resources matching every part (index tables joined on id, each restricted
-    to ``rtype``), in the product's order: the ``_sort`` key (a date's MAX(high) descending
-    or MIN(low) ascending; one date row per resource here), then id in the same direction.
-    Without parts the ``resource`` table drives, with ``where`` as extra conditions on it.
+    """``rtype`` resources matching every part (index tables joined on rid to the first
+    part, which leads; each part's pids are ``rtype``'s), in the product's order: the
+    ``_sort`` key (a date's MAX(high) descending or MIN(low) ascending; one date row per
+    resource here), then rid (creation order, the default order) in the same direction.
+    Without parts the ``resource`` table drives (its type index holds rids in order), with
+    ``where`` as extra conditions on it. ``distinct``: a resource may match by several rows
+    of the parts (the page takes the distinct rids, then their resources).
 
-    ``fixed=True`` keeps the join order as written (SQLite: CROSS JOIN; PostgreSQL plans as
-    it likes), as a developer who knows the data does when SQLite's planner guesses wrong;
-    ``sort_first=True`` puts the sort's date table first, to walk it in order and stop early.
+    ``fixed=True`` keeps the join order as written (SQLite: CROSS JOIN; PostgreSQL:
+    join_collapse_limit=1), as a developer who knows the data does when the planner guesses
+    wrong; ``sort_first=True`` puts the sort's date table first, to walk it in order and stop
+    early. A first part that is a ``system|code`` token walks its look-up index (pid, code,
+    system, rid), which holds the matches in the default order: a page stops early.
     """
 
     def __init__(self, rtype: str, parts: Sequence[Part] = (),
                  sort: tuple[str, bool] | None = None, *, distinct: bool = False,
                  where: tuple[str, tuple[Any, ...]] | None = None, fixed: bool = False,
-                 sort_first: bool = False, id_first: bool = False,
+                 sort_first: bool = False,
                  lead: tuple[str, tuple[Any, ...], str] | None = None) -> None:
         self.rtype = rtype
         self.distinct = distinct
-        self.fixed = fixed or sort_first or id_first or lead is not None
+        self.fixed = fixed or sort_first or lead is not None
         # lead: (SELECT of ids, its params, how the first part joins them as p.id): computed
         # first (a MATERIALIZED common table expression) and joined from there.
         self.lead = lead
         filters = list(parts)
+        if (where is not None and filters) or (distinct and sort is not None):
+            raise ValueError("where: without parts; distinct: in the default order")
         extra = f" AND {where[0]}" if where else ""
         extra_params = list(where[1]) if where else []
         if filters:
-            self.count_sql = (
-                f"SELECT {'count(DISTINCT a0.id)' if distinct else 'count(*)'} FROM "
-                + self._from(filters) + " WHERE " + self._where(filters))
+            counted = "count(DISTINCT a0.rid)" if distinct else "count(*)"
+            self.count_sql = (f"SELECT {counted} FROM {self._from(filters)}"
+                              f" WHERE {self._where(filters)}")
             self.count_params = self._params(filters)
         elif where is None:
             # Every current resource has exactly one _lastUpdated index row (and a deleted
             # one none): counting them needs no visit to `resource`, whose rows hold bodies.
-            self.count_sql = ("SELECT count(*) FROM idx_date a0 WHERE a0.resource_type = ?"
-                              " AND a0.param = ?")
-            self.count_params = [rtype, "_lastUpdated"]
+            self.count_sql = "SELECT count(*) FROM idx_date a0 WHERE a0.pid = ?"
+            self.count_params = [pid_of(rtype, "_lastUpdated")]
         else:
             self.count_sql = ("SELECT count(*) FROM resource r WHERE r.resource_type = ?"
                               f" AND NOT r.deleted{extra}")
@@ -1116,9 +1168,9 @@ class Select:
         if sort is not None:
             code = sort[0]
             sort_index = next((n for n, p in enumerate(items)
-                               if p.table == "idx_date" and p.params[:1] == (code,)), None)
+                               if p.table == "idx_date" and p.codes == (code,)), None)
             if sort_index is None:
-                items.append(Part("idx_date", "{a}.param = ?", (code,)))
+                items.append(Part("idx_date", (code,)))
                 sort_index = len(items) - 1
             if sort_first:
                 items.insert(0, items.pop(sort_index))
@@ -1127,44 +1179,49 @@ class Select:
         if sort is not None:
             column = "high" if sort[1] else "low"
             self.order.append((f"a{sort_index}.{column}", sort[1]))
-        if items and id_first and sort is None:
-            # Walk the resources in id order (the order asked for) and keep those that
-            # match, instead of finding every match and sorting them: a page stops early.
-            self.page_from = "resource r " + " ".join(
-                f"{{join}} {p.table} a{n} ON a{n}.id = r.id" for n, p in enumerate(items))
-            # (no `NOT r.deleted`: a deleted resource has no index rows to match, and testing
-            # it would read every walked row's body)
-            self.page_conds = ["r.resource_type = ?", self._where(items)]
-            self.page_params = [rtype, *self._params(items)]
-            self.order.append(("r.id", False))
+        if items and distinct:
+            # The distinct numbers of the matches (from the parts' indexes), then their rows.
+            self.page_from = "resource r"
+            self.page_conds = [f"r.rid IN (SELECT a0.rid FROM {self._from(items)}"
+                               f" WHERE {self._where(items)})"]
+            self.page_params = self._params(items)
+            self.order.append(("r.rid", False))
         elif items:
-            self.page_from = (self._from(items) + " {join} resource r ON"
-                              " r.resource_type = a0.resource_type AND r.id = a0.id")
+            # The page is chosen from the index rows alone (rid is in every one), then its
+            # resources are read: a sort does not carry bodies (see page()).
+            self.page_from = self._from(items)
             self.page_conds = [self._where(items)]
             self.page_params = self._params(items)
-            # ties by id in the sort's direction, as the product breaks them
-            self.order.append(("a0.id", bool(sort and sort[1])))
+            # ties by rid in the sort's direction, as the product breaks them
+            self.order.append(("a0.rid", bool(sort and sort[1])))
         else:
             self.page_from = "resource r"
             self.page_conds = [f"r.resource_type = ? AND NOT r.deleted{extra}"]
             self.page_params = [rtype, *extra_params]
-            self.order.append(("r.id", False))
+            self.order.append(("r.rid", False))
 
     def _from(self, items: Sequence[Part]) -> str:
         joins = [f"{p.table} a{n}" if n == 0 else
-                 f"{{join}} {p.table} a{n} ON a{n}.id = a0.id" for n, p in enumerate(items)]
+                 f"{{join}} {p.table} a{n}"
+                 + (f" ON a{n}.rid = a0.rid" if p.probe else f" NOT INDEXED ON OWN(a{n}, a0)")
+                 for n, p in enumerate(items)]
         if self.lead is not None:
             joins[0] = f"p {{join}} {joins[0]} ON {self.lead[2].format(a='a0')}"
         return " ".join(joins)
 
     @staticmethod
     def _where(items: Sequence[Part]) -> str:
-        return " AND ".join(f"a{n}.resource_type = ? AND " + p.cond.format(a=f"a{n}")
-                            for n, p in enumerate(items))
+        conds = []
+        for n, p in enumerate(items):
+            which = (f"a{n}.pid = ?" if len(p.codes) == 1 else
+                     f"a{n}.pid IN ({', '.join('?' * len(p.codes))})")
+            conds.append(which + (" AND " + p.cond.format(a=f"a{n}") if p.cond else ""))
+        return " AND ".join(conds)
 
     def _params(self, items: Sequence[Part]) -> list[Any]:
         lead = list(self.lead[1]) if self.lead is not None else []
-        return lead + [value for p in items for value in (self.rtype, *p.params)]
+        return lead + [value for p in items
+                       for value in (*(pid_of(self.rtype, c) for c in p.codes), *p.params)]
 
     def _sql(self, db: Db, text: str) -> str:
         if self.lead is not None:
@@ -1174,6 +1231,7 @@ class Select:
         return FIXED + text.replace("{join}", "CROSS JOIN" if db.backend == "sqlite" else "JOIN")
 
     def page(self, db: Db, limit: int, after: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of (type, id, body, order keys...); the last key is the resource's rid."""
         conds, params = list(self.page_conds), list(self.page_params)
         if after is not None:
             # Keyset: (k0, k1, ...) after the last row, with k0's bound first so that an
@@ -1188,41 +1246,54 @@ class Select:
                 key_params += [*after[:n], after[n]]
             conds.append(f"{first} {'<=' if desc else '>='} ? AND (" + " OR ".join(ors) + ")")
             params += key_params
-        keys = ", ".join(e for e, _ in self.order)
         order = ", ".join(f"{e} DESC" if d else e for e, d in self.order)
-        distinct = "DISTINCT " if self.distinct else ""
-        sql = (f"SELECT {distinct}r.resource_type, r.id, r.body, {keys} FROM {self.page_from}"
-               f" WHERE {' AND '.join(conds)} ORDER BY {order} LIMIT ?")
+        where = " AND ".join(conds)
+        if self.page_from == "resource r":
+            keys = ", ".join(e for e, _ in self.order)
+            sql = (f"SELECT r.resource_type, r.id, r.body, {keys} FROM {self.page_from}"
+                   f" WHERE {where} ORDER BY {order} LIMIT ?")
+        else:
+            # The page's keys from the index rows, then the page's resources by rid.
+            keys = ", ".join(f"{e} AS k{n}" for n, (e, _) in enumerate(self.order))
+            names = [f"q.k{n}" for n in range(len(self.order))]
+            again = ", ".join(f"{name} DESC" if d else name
+                              for name, (_, d) in zip(names, self.order, strict=True))
+            then = "CROSS JOIN" if db.backend == "sqlite" else "JOIN"
+            sql = (f"SELECT r.resource_type, r.id, r.body, {', '.join(names)} FROM (SELECT"
+                   f" {keys} FROM {self.page_from} WHERE {where} ORDER BY {order} LIMIT ?) q"
+                   f" {then} resource r ON r.rid = {names[-1]} ORDER BY {again}")
         return db.q(self._sql(db, sql), [*params, limit])
 
     def total(self, db: Db) -> int:
         return int(db.q(self._sql(db, self.count_sql), self.count_params)[0][0])
 
 
-def include_targets(db: Db, source: str, ids: Sequence[str], param: str,
+def include_targets(db: Db, source: str, rids: Sequence[int], param: str,
                     target: str) -> list[tuple[Any, ...]]:
-    """_include: the ``target`` resources the page's ``source`` resources refer to."""
-    if not ids:
+    """_include: the ``target`` resources that the page's ``source`` resources (their
+    numbers: ``rids``) refer to, by the sources' own reference rows."""
+    if not rids:
         return []
-    marks = ", ".join("?" * len(ids))
+    values = ", ".join(["(?)"] * len(rids))
     return db.q(
-        "SELECT r.resource_type, r.id, r.body FROM resource r WHERE r.resource_type = ?"
-        " AND r.id IN (SELECT i.target_id FROM idx_reference i WHERE i.resource_type = ?"
-        f" AND i.id IN ({marks}) AND i.param = ? AND i.target_type = ?)",
-        [target, source, *ids, param, target])
+        f"WITH s (rid) AS (VALUES {values}) SELECT r.resource_type, r.id, r.body FROM resource r"
+        " WHERE r.resource_type = ? AND r.id IN (SELECT i.target_id FROM s CROSS JOIN"
+        " idx_reference i NOT INDEXED WHERE OWN(i, s) AND i.pid = ? AND i.target_type = ?)",
+        [*rids, target, pid_of(source, param), target])
 
 
 def include_referrers(db: Db, target: str, ids: Sequence[str], param: str,
                       source: str) -> list[tuple[Any, ...]]:
-    """_revinclude: the ``source`` resources that refer to the page's resources."""
+    """_revinclude: the ``source`` resources that refer to the page's resources (the
+    reference look-up index: target_id, target_type, pid, rid)."""
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
     return db.q(
-        "SELECT r.resource_type, r.id, r.body FROM resource r WHERE r.resource_type = ?"
-        f" AND r.id IN (SELECT i.id FROM idx_reference i WHERE i.target_id IN ({marks})"
-        " AND i.target_type = ? AND i.param = ? AND i.resource_type = ?)",
-        [source, *ids, target, param, source])
+        "SELECT r.resource_type, r.id, r.body FROM resource r WHERE r.rid IN (SELECT i.rid"
+        f" FROM idx_reference i WHERE i.target_id IN ({marks}) AND i.target_type = ?"
+        " AND i.pid = ?)",
+        [*ids, target, pid_of(source, param)])
 
 
 @dataclass(frozen=True)
@@ -1238,22 +1309,26 @@ def run_floor(db: Db, select: Select, request: Request, includes: Sequence[Inclu
     """The floor's answer: the page (one row more than asked, to know about a next page),
     the included resources, and the total when the product gives one."""
     summary_count = dict(request.params).get("_summary") == "count"
-    total = select.total(db) if request.wants_total or summary_count else None
     if summary_count:
-        return Answer([], False, set(), total)
+        return Answer([], False, set(), select.total(db))
     count = request.count
     rows = select.page(db, count + 1, after)
     page = rows[:count]
+    total = None
+    if request.wants_total:
+        # A first page that holds every match is its own count.
+        whole = after is None and len(rows) <= count
+        total = len(rows) if whole else select.total(db)
     matches = [(r[0], r[1]) for r in page]
     included: set[tuple[str, str]] = set()
     for inc in includes:
         if inc.reverse:
-            found = include_referrers(db, inc.target, [m[1] for m in matches if
-                                                       m[0] == inc.target], inc.param,
+            found = include_referrers(db, inc.target, [r[1] for r in page if
+                                                       r[0] == inc.target], inc.param,
                                       inc.source)
         else:
-            found = include_targets(db, inc.source, [m[1] for m in matches if
-                                                     m[0] == inc.source], inc.param,
+            found = include_targets(db, inc.source, [r[-1] for r in page if
+                                                     r[0] == inc.source], inc.param,
                                     inc.target)
         included |= {(r[0], r[1]) for r in found}
     included -= set(matches)
@@ -1291,17 +1366,17 @@ class Ctx:
 
 def load_ctx(db: Db, want: int, seed: int) -> Ctx:
     rows = db.q("SELECT r.id, r.body FROM resource r WHERE r.resource_type = ?"
-                " AND NOT r.deleted ORDER BY r.id", ["Patient"])
+                " AND NOT r.deleted ORDER BY r.rid", ["Patient"])
     if not rows:
         raise BenchError("the database has no patients")
     found = []
-    for rid, body in rows:
+    for ident, body in rows:
         patient = orjson.loads(bytes(body))
         family = next((n["family"] for n in patient.get("name") or [] if n.get("family")), "")
         mrn = next((i["value"] for i in patient.get("identifier") or []
                     if i.get("system") == MRN_SYSTEM), "")
         if len(family) > 3 and mrn:
-            found.append(PatientInfo(rid, family, mrn))
+            found.append(PatientInfo(ident, family, mrn))
     rng = random.Random(seed)
     rng.shuffle(found)
     return Ctx(found[:max(want, 1)])
@@ -1402,9 +1477,9 @@ def specs() -> list[Spec]:
                ("component-code-value-quantity", f"{LOINC}|8480-6$ge140"))
         return r, _floor(Select("Observation", [
             patient_ref("Observation", pid),
-            Part("idx_composite", "{a}.param = ? AND {a}.c1_code = ? AND {a}.c1_system = ?"
-                 " AND {a}.c2_low >= ?",
-                 ("component-code-value-quantity", "8480-6", LOINC, 140.0))]), r)
+            Part("idx_composite", ("component-code-value-quantity",),
+                 "{a}.c1_code = ? AND {a}.c1_system = ? AND {a}.c2_low >= ?",
+                 ("8480-6", LOINC, 140.0))]), r)
 
     @spec("P07", "encounters since 2015, newest first", "patient")
     def _(c: Ctx, i: int) -> Made:
@@ -1472,7 +1547,7 @@ def specs() -> list[Spec]:
         family = c.patient(i).family
         r = _q("Observation", ("subject:Patient.name", family), ("code", f"{LOINC}|8302-2"))
         return r, _floor(Select("Observation", [
-            Part("idx_reference", "{a}.param = ? AND {a}.target_type = ?", ("subject", "Patient")),
+            Part("idx_reference", ("subject",), "{a}.target_type = ?", ("Patient",)),
             token("code", "8302-2", LOINC)], lead=named_patients(family)), r)
 
     @spec("P16", "patient by MRN identifier", "patient")
@@ -1494,8 +1569,8 @@ def specs() -> list[Spec]:
         pid = c.patient(i).id
         r = _q("Condition", compartment=("Patient", pid))
         return r, _floor(Select("Condition", [
-            Part("idx_reference", "{a}.target_id = ? AND {a}.target_type = ?"
-                 " AND {a}.param IN (?, ?)", (pid, "Patient", "subject", "asserter"))],
+            Part("idx_reference", ("subject", "asserter"),
+                 "{a}.target_id = ? AND {a}.target_type = ?", (pid, "Patient"), probe=True)],
             distinct=True), r)
 
     @spec("P19", "50 latest observations (_sort=-date)", "patient")
@@ -1558,10 +1633,11 @@ def specs() -> list[Spec]:
         r = _q("Patient", ("_has:Condition:patient:code", f"{SNOMED}|15777000"),
                ("_count", "50"))
         return r, _floor(Select("Patient", where=(
-            "r.id IN (SELECT h.target_id FROM idx_reference h JOIN idx_token t ON t.id = h.id"
-            " WHERE h.resource_type = ? AND h.param = ? AND h.target_type = ?"
-            " AND t.resource_type = ? AND t.param = ? AND t.code = ? AND t.system = ?)",
-            ("Condition", "subject", "Patient", "Condition", "code", "15777000", SNOMED))), r)
+            "r.id IN (SELECT h.target_id FROM idx_token t CROSS JOIN idx_reference h"
+            " NOT INDEXED WHERE t.pid = ? AND t.code = ? AND t.system = ? AND OWN(h, t)"
+            " AND h.pid = ? AND h.target_type = ?)",
+            (pid_of("Condition", "code"), "15777000", SNOMED, pid_of("Condition", "subject"),
+             "Patient"))), r)
 
     @spec("Q08", "patients by name prefix", "population")
     def _(c: Ctx, i: int) -> Made:
@@ -1581,7 +1657,7 @@ def specs() -> list[Spec]:
         r = _q("Observation", ("subject:Patient.name", name), ("code", f"{LOINC}|29463-7"),
                ("_count", "50"))
         return r, _floor(Select("Observation", [
-            Part("idx_reference", "{a}.param = ? AND {a}.target_type = ?", ("subject", "Patient")),
+            Part("idx_reference", ("subject",), "{a}.target_type = ?", ("Patient",)),
             token("code", "29463-7", LOINC)], lead=named_patients(name)), r)
 
     @spec("Q11", "one day's encounters + _revinclude Provenance", "population")
@@ -1597,7 +1673,7 @@ def specs() -> list[Spec]:
         r = _q("Immunization", ("vaccine-code", f"{CVX}|140"), ("date", "ge2019-01-01"),
                ("_count", "50"))
         return r, _floor(Select("Immunization", [
-            token("vaccine-code", "140", CVX), dates("date", ge="2019-01-01")], id_first=True),
+            token("vaccine-code", "140", CVX), dates("date", ge="2019-01-01")], fixed=True),
             r)
 
     @spec("Q13", "lab results in one month, newest first", "population")
@@ -1652,13 +1728,13 @@ class PagingSpec:
 def paging_specs() -> list[PagingSpec]:
     none = ("_total", "none")
     return [
-        PagingSpec("G01", "BP panels by id", _q(
+        PagingSpec("G01", "BP panels, default order", _q(
             "Observation", ("code", f"{LOINC}|55284-4"), ("_count", "50"), none),
-            Select("Observation", [token("code", "55284-4", LOINC)], id_first=True)),
+            Select("Observation", [token("code", "55284-4", LOINC)])),
         PagingSpec("G02", "encounters newest first", _q(
             "Encounter", ("_sort", "-date"), ("_count", "50"), none),
             Select("Encounter", sort=("date", True))),
-        PagingSpec("G03", "patients by id", _q("Patient", ("_count", "50"), none),
+        PagingSpec("G03", "patients, default order", _q("Patient", ("_count", "50"), none),
                    Select("Patient")),
         PagingSpec("G04", "lab results newest first", _q(
             "Observation", ("category", "laboratory"), ("_sort", "-date"), ("_count", "50"),

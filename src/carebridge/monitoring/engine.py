@@ -47,9 +47,9 @@ from carebridge.monitoring.scoring import (
     readings_of,
 )
 from carebridge.monitoring.subscriptions import SubscriptionMatcher
+from carebridge.search.params import pid
 from carebridge.security.policy import Action, Caller
 from carebridge.services.resources import PendingWrites, ResourceService
-from carebridge.search.params import pid
 from carebridge.storage.base import Session, StoredVersion
 from carebridge.storage.sql import rows_of
 

@@ -1,11 +1,14 @@
 """Compile parsed search criteria to SQL on the index tables, for SQLite or PostgreSQL.
 
 Each criterion has two forms, and search.planner picks which one each criterion takes: the
-ids it matches (``ids``/``driver``: ``SELECT i.id FROM idx_<type> i WHERE i.resource_type = ?
-AND i.param = ? AND ...``), to lead a join; and a check on one row (``exists``: a correlated
-``EXISTS`` on the index table's (resource_type, id, param) index). Chains nest the ids of the
-referenced type; ``_has`` those of the referring type. The two dialects differ only in the
-parameter mark, so one generator serves both.
+resources it matches (``ids``/``driver``: ``SELECT i.rid FROM idx_<type> i WHERE i.pid = ?
+AND ...``), to lead a join; and a check on one resource (``exists``: a correlated ``EXISTS``
+on that resource's own index rows, found by its number). Index rows name their resource by
+number (``rid``) and their (type, parameter) pair by number (``pid``, search.params); chains
+nest the numbers of the referenced type and map them to ids (references name their target
+by type and id), ``_has`` those of the referring type. The two dialects differ in the
+parameter mark and in how a resource's own rows are found (``own``), so one generator serves
+both.
 
 Comparison semantics (http://hl7.org/fhir/R4/search.html#prefix): a date value and a date
 parameter are both ranges; ``eq`` means the resource's range lies within the parameter's,
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import cache
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from carebridge.fhir.errors import BadRequest

@@ -232,6 +232,13 @@ class SearchService:
         if lead is None or lead.index is None:
             return "resource r"
         driver = compiler.driver(types, *(query.criteria[n] for n in lead.covers))
+        if compiler.mark == "%s":
+            # PostgreSQL would merge-join the sorted numbers with the resource table's rid
+            # index, walking it from its start to the first match: a patient's resources,
+            # created together far into the table, cost a scan of all before them. The
+            # fenced lateral look-up keeps it one index probe per leading resource.
+            return (f"({driver}) d CROSS JOIN LATERAL (SELECT * FROM resource x"
+                    f" WHERE x.rid = d.rid OFFSET 0) r")
         return f"({driver}) d CROSS JOIN resource r"
 
     def _lead(self, session: Session, query: SearchQuery, compartment: tuple[str, str] | None,

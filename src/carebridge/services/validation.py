@@ -147,8 +147,8 @@ class WriteValidation:
         from carebridge.events.sqltext import run
         from carebridge.search.index import index_rows
         from carebridge.search.params import pid
-        from carebridge.storage.sql import rows_of
         from carebridge.search.values import normalize_string
+        from carebridge.storage.sql import rows_of
 
         birthdate = pid("Patient", "birthdate")
         dates = [row for row in index_rows({"resourceType": "Patient", "id": "-",
