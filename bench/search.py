@@ -769,6 +769,7 @@ def measure_ingest_cost(backend: str, files: Sequence[Path], rounds: int,
 
 FIXED = "/* join order as written */ "
 _OWN = re.compile(r"\bOWN\((\w+), (\w+)\)")
+_SPAN = re.compile(r" AND SPAN\((\w+), (-?\d+), (-?\d+)\)")
 
 
 class Db:
@@ -800,12 +801,18 @@ class Db:
 
     def written(self, sql: str) -> str:
         """A floor statement as the backend runs it: OWN(rows, resource) written out (see
-        "Floors"); on PostgreSQL ``%s`` marks and without SQLite's NOT INDEXED (which keeps
-        SQLite on the table's own key there). Written text is left as it is."""
+        "Floors"); SPAN(rows, low, high), the span an index row of a two-sided date range
+        must overlap, as the condition PostgreSQL's GiST index on dates answers (on SQLite,
+        which has no such index, nothing: it is implied by the range's own conditions); on
+        PostgreSQL ``%s`` marks and without SQLite's NOT INDEXED (which keeps SQLite on the
+        table's own key there). Written text is left as it is."""
         text = self._text.get(sql)
         if text is None:
             sqlite = self.sqlite is not None
             text = _OWN.sub(lambda m: rows_of(m[1], m[2], sqlite), sql)
+            text = _SPAN.sub("" if sqlite else (
+                lambda m: f" AND int8range({m[1]}.low, {m[1]}.high, '[]')"
+                          f" && int8range({m[2]}, {m[3]}, '[]')"), text)
             if not sqlite:
                 text = text.replace(" NOT INDEXED", "").replace("?", "%s")
             self._text[sql] = text
@@ -1019,17 +1026,22 @@ def parse_bundle(content: bytes, status: int, url: str) -> tuple[Answer, int, li
 # developer who knows the schema would write it for the same rows. An index row names its
 # resource by number (`rid`, the key of `resource`) and its parameter by the number of its
 # (resource type, parameter) pair (`pid`: carebridge.search.params, also the database's
-# `search_param` table), so a pid also confines the rows to one type. Index rows exist only
+# `search_param` table), so a pid also confines the rows to one type. The floors write
+# pids as literals, as constants of the schema (also typed integer then: psycopg sends a
+# small Python int as smallint, which the GiST index on dates cannot match against its
+# integer pid column, as btree_gist has no cross-type operators). Index rows exist only
 # for current, not deleted versions (a deletion stores none), so counts need not touch
 # `resource`. OWN(rows, res) in a floor stands for "the index rows `rows` of the resource
 # `res`" (Db.q writes it out): on SQLite a range of the index table's own key k (rid * 2**24
-# + n; there is no index on rid), on PostgreSQL the table's (rid, pid, ...) index.
+# + n; there is no index on rid), with the table NOT INDEXED (SQLite's planner misjudges
+# that range against a look-up index starting with pid), on PostgreSQL the table's (rid,
+# pid, ...) index.
 
 
 @dataclass(frozen=True)
 class Part:
     """The rows of one index table for the parameter(s) ``codes`` (stored codes, aliases
-    resolved; the Select names their pids for its type), with conditions on the other
+    resolved; the Select writes their pids for its type), with conditions on the other
     columns ({a}: the table's alias). ``probe``: the table's look-up index is (pid, the
     columns ``cond`` fixes by equality, rid), so a given resource's row is one seek by
     ``{a}.rid = ...``; otherwise it is found among the resource's own rows (OWN)."""
@@ -1084,6 +1096,10 @@ def dates(param: str, ge: str | None = None, lt: str | None = None) -> Part:
     if lt is not None:
         conds.append("{a}.low < ?")
         params.append(day(lt)[0])
+    if ge is not None and lt is not None:
+        # The span the row must overlap, for PostgreSQL's GiST index on (pid,
+        # int8range(low, high, '[]')): both bounds in one index search (see SPAN).
+        conds.append(f"SPAN({{a}}, {day(ge)[0]}, {day(lt)[0] - 1})")
     return Part("idx_date", (param,), " AND ".join(conds), tuple(params))
 
 
@@ -1113,18 +1129,23 @@ def named_patients(name: str) -> tuple[str, tuple[Any, ...], str]:
     (pid, norm, rid), their ids from ``resource``."""
     norm = normalized(name)
     return ("SELECT c.id FROM resource c WHERE c.rid IN (SELECT n.rid FROM idx_string n"
-            " WHERE n.pid = ? AND n.norm >= ? AND n.norm < ?)",
-            (pid_of("Patient", "name"), norm, norm + _TOP), "{a}.target_id = p.id")
+            f" WHERE n.pid = {pid_of('Patient', 'name')} AND n.norm >= ? AND n.norm < ?)",
+            (norm, norm + _TOP), "{a}.target_id = p.id")
 
 
 class Select:
-    """``rtype`` resources matching every part (index tables joined on rid to the first
-    part, which leads; each part's pids are ``rtype``'s), in the product's order: the
-    ``_sort`` key (a date's MAX(high) descending or MIN(low) ascending; one date row per
-    resource here), then rid (creation order, the default order) in the same direction.
-    Without parts the ``resource`` table drives (its type index holds rids in order), with
-    ``where`` as extra conditions on it. ``distinct``: a resource may match by several rows
-    of the parts (the page takes the distinct rids, then their resources).
+    """``rtype`` resources matching every part, in the product's order: the ``_sort`` key (a
+    date's MAX(high) descending or MIN(low) ascending; one date row per resource here), then
+    rid (creation order, the default order) in the same direction. The first part leads;
+    each other one is joined to its resource: a ``probe`` part by ``rid =`` (one seek in its
+    look-up index), any other among the resource's own rows (OWN, NOT INDEXED: SQLite
+    otherwise prefers a look-up index on (pid, ...) and reads every row of the parameter
+    for each resource). Each part's pids are ``rtype``'s. The page's keys are chosen from
+    the index rows alone (they hold the rid), then the page's resources are read by rid, so
+    that a sort carries no bodies. Without parts the ``resource`` table drives (its type
+    index holds rids in order), with ``where`` as extra conditions on it. ``distinct``: a
+    resource may match by several rows of the parts (the page takes the distinct rids,
+    then their resources).
 
     ``fixed=True`` keeps the join order as written (SQLite: CROSS JOIN; PostgreSQL:
     join_collapse_limit=1), as a developer who knows the data does when the planner guesses
@@ -1157,8 +1178,9 @@ class Select:
         elif where is None:
             # Every current resource has exactly one _lastUpdated index row (and a deleted
             # one none): counting them needs no visit to `resource`, whose rows hold bodies.
-            self.count_sql = "SELECT count(*) FROM idx_date a0 WHERE a0.pid = ?"
-            self.count_params = [pid_of(rtype, "_lastUpdated")]
+            self.count_sql = ("SELECT count(*) FROM idx_date a0"
+                              f" WHERE a0.pid = {pid_of(rtype, '_lastUpdated')}")
+            self.count_params = []
         else:
             self.count_sql = ("SELECT count(*) FROM resource r WHERE r.resource_type = ?"
                               f" AND NOT r.deleted{extra}")
@@ -1209,19 +1231,18 @@ class Select:
             joins[0] = f"p {{join}} {joins[0]} ON {self.lead[2].format(a='a0')}"
         return " ".join(joins)
 
-    @staticmethod
-    def _where(items: Sequence[Part]) -> str:
+    def _where(self, items: Sequence[Part]) -> str:
         conds = []
         for n, p in enumerate(items):
-            which = (f"a{n}.pid = ?" if len(p.codes) == 1 else
-                     f"a{n}.pid IN ({', '.join('?' * len(p.codes))})")
+            pids = [str(pid_of(self.rtype, code)) for code in p.codes]
+            which = (f"a{n}.pid = {pids[0]}" if len(pids) == 1 else
+                     f"a{n}.pid IN ({', '.join(pids)})")
             conds.append(which + (" AND " + p.cond.format(a=f"a{n}") if p.cond else ""))
         return " AND ".join(conds)
 
     def _params(self, items: Sequence[Part]) -> list[Any]:
         lead = list(self.lead[1]) if self.lead is not None else []
-        return lead + [value for p in items
-                       for value in (*(pid_of(self.rtype, c) for c in p.codes), *p.params)]
+        return lead + [value for p in items for value in p.params]
 
     def _sql(self, db: Db, text: str) -> str:
         if self.lead is not None:
@@ -1278,8 +1299,9 @@ def include_targets(db: Db, source: str, rids: Sequence[int], param: str,
     return db.q(
         f"WITH s (rid) AS (VALUES {values}) SELECT r.resource_type, r.id, r.body FROM resource r"
         " WHERE r.resource_type = ? AND r.id IN (SELECT i.target_id FROM s CROSS JOIN"
-        " idx_reference i NOT INDEXED WHERE OWN(i, s) AND i.pid = ? AND i.target_type = ?)",
-        [*rids, target, pid_of(source, param), target])
+        f" idx_reference i NOT INDEXED WHERE OWN(i, s) AND i.pid = {pid_of(source, param)}"
+        " AND i.target_type = ?)",
+        [*rids, target, target])
 
 
 def include_referrers(db: Db, target: str, ids: Sequence[str], param: str,
@@ -1292,8 +1314,8 @@ def include_referrers(db: Db, target: str, ids: Sequence[str], param: str,
     return db.q(
         "SELECT r.resource_type, r.id, r.body FROM resource r WHERE r.rid IN (SELECT i.rid"
         f" FROM idx_reference i WHERE i.target_id IN ({marks}) AND i.target_type = ?"
-        " AND i.pid = ?)",
-        [*ids, target, pid_of(source, param)])
+        f" AND i.pid = {pid_of(source, param)})",
+        [*ids, target])
 
 
 @dataclass(frozen=True)
@@ -1307,7 +1329,8 @@ class Include:
 def run_floor(db: Db, select: Select, request: Request, includes: Sequence[Include] = (),
               after: list[Any] | None = None) -> Answer:
     """The floor's answer: the page (one row more than asked, to know about a next page),
-    the included resources, and the total when the product gives one."""
+    the included resources, and the total when the product gives one (counted, unless a
+    first page holds every match)."""
     summary_count = dict(request.params).get("_summary") == "count"
     if summary_count:
         return Answer([], False, set(), select.total(db))
@@ -1633,11 +1656,10 @@ def specs() -> list[Spec]:
         r = _q("Patient", ("_has:Condition:patient:code", f"{SNOMED}|15777000"),
                ("_count", "50"))
         return r, _floor(Select("Patient", where=(
-            "r.id IN (SELECT h.target_id FROM idx_token t CROSS JOIN idx_reference h"
-            " NOT INDEXED WHERE t.pid = ? AND t.code = ? AND t.system = ? AND OWN(h, t)"
-            " AND h.pid = ? AND h.target_type = ?)",
-            (pid_of("Condition", "code"), "15777000", SNOMED, pid_of("Condition", "subject"),
-             "Patient"))), r)
+            "r.id IN (SELECT h.target_id FROM idx_token t CROSS JOIN idx_reference h NOT INDEXED"
+            f" WHERE t.pid = {pid_of('Condition', 'code')} AND t.code = ? AND t.system = ?"
+            f" AND OWN(h, t) AND h.pid = {pid_of('Condition', 'subject')} AND h.target_type = ?)",
+            ("15777000", SNOMED, "Patient"))), r)
 
     @spec("Q08", "patients by name prefix", "population")
     def _(c: Ctx, i: int) -> Made:

@@ -115,6 +115,14 @@ class Compiler:
         migration 0011), on PostgreSQL its (rid, pid, ...) index."""
         return rows_of(rows, alias, self.mark == "?")
 
+    def owned(self, table: str, rows: str = "i") -> str:
+        """``table`` (alias ``rows``) in a FROM clause whose rows are found by :meth:`own`.
+        On SQLite ``NOT INDEXED``: its planner would otherwise take a look-up index that
+        starts with ``pid`` (every row of the parameter, per candidate) over the rowid
+        range of the one resource (rowid ranges stay usable; 720 -> 1.5 ms for a two-sided
+        date range checked on 1,300 encounters at 20k resources)."""
+        return f"{table} {rows} NOT INDEXED" if self.mark == "?" else f"{table} {rows}"
+
     def exists(self, criterion: Criterion, alias: str = "r", row: str = "r",
                types: tuple[str, ...] = ()) -> str:
         """The criterion as a check on one resource: ``alias`` has its ``rid`` (a row of
@@ -129,7 +137,7 @@ class Compiler:
         fence = self._fence
         if criterion.modifier == "missing":
             table = _TABLE.get(criterion.type, "idx_token")
-            present = f"EXISTS (SELECT 1 FROM {table} i WHERE {own}{fence})"
+            present = f"EXISTS (SELECT 1 FROM {self.owned(table)} WHERE {own}{fence})"
             return f"NOT {present}" if criterion.values[0].raw == "true" else present
         if criterion.code == "_id" and criterion.chain is None:
             ids = [v.code for v in criterion.values if v.code]
@@ -144,14 +152,14 @@ class Compiler:
         elif criterion.code == "_list":
             found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE i.target_id = {row}.id"
                      f" AND i.target_type = {row}.resource_type"
-                     f" AND i.pid = {self.p(pid('List', 'item'))}"
+                     f" AND i.pid = {pid('List', 'item')}"
                      f" AND i.rid IN ({self._lists(criterion)}){fence})")
         elif criterion.chain is not None:
-            found = (f"EXISTS (SELECT 1 FROM idx_reference i WHERE {own}"
+            found = (f"EXISTS (SELECT 1 FROM {self.owned('idx_reference')} WHERE {own}"
                      f" AND ({self._chain_branches(criterion)}){fence})")
         else:
             ors = " OR ".join(self._value(criterion, v) for v in criterion.values)
-            found = (f"EXISTS (SELECT 1 FROM {_TABLE[criterion.type]} i WHERE {own}"
+            found = (f"EXISTS (SELECT 1 FROM {self.owned(_TABLE[criterion.type])} WHERE {own}"
                      f" AND ({ors}){fence})")
         return f"NOT {found}" if negate else found
 
@@ -194,16 +202,26 @@ class Compiler:
             numbers = sorted({n for rtype in plain
                               for name in stored_as(code, (rtype,)) for n in pids(name, (rtype,))})
             if numbers:
-                parts.append(self._in(column, numbers))
+                parts.append(self.numbers(column, numbers))
         table = column.rsplit(".", 1)[0]
         for (stored, target), owners in narrowed.items():
             numbers = sorted(pids(stored, owners))
-            parts.append(f"{self._in(column, numbers)} AND {table}.target_type = "
+            parts.append(f"{self.numbers(column, numbers)} AND {table}.target_type = "
                          f"{self.p(target)}")
         if not parts:
             return "1 = 0"
         return parts[0] if len(parts) == 1 else "(" + " OR ".join(
             f"({part})" for part in parts) + ")"
+
+    @staticmethod
+    def numbers(column: str, values: list[int]) -> str:
+        """``column`` equal to one of parameter numbers ``values``, written as literals (our
+        own integers): psycopg would send a small one as ``smallint``, for which the
+        btree_gist ``integer`` class of PostgreSQL's date span index has no operator, so
+        the index would not use it (every date row of the range, whatever its parameter)."""
+        if len(values) == 1:
+            return f"{column} = {int(values[0])}"
+        return f"{column} IN ({', '.join(str(int(v)) for v in values)})"
 
     def _in(self, column: str, values: list[Any]) -> str:
         if len(values) == 1:
@@ -224,7 +242,7 @@ class Compiler:
         if criterion.code == "_list":
             # search.html#list: the resources a List refers to in its items
             return self._targets(types, self._lists(criterion),
-                                 f"i.pid = {self.p(pid('List', 'item'))}")
+                                 f"i.pid = {pid('List', 'item')}")
         if criterion.chain is not None:
             return self._chain(types, criterion)
         table = _TABLE[criterion.type]

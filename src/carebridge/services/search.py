@@ -327,7 +327,8 @@ class SearchService:
             column = _KEY_COLUMN[kind][1 if desc else 0]
             agg = "MAX" if desc else "MIN"
             keys.append(_Key(
-                f"(SELECT {agg}(s.{column}) FROM {table} s WHERE {compiler.own('r', 's')}"
+                f"(SELECT {agg}(s.{column}) FROM {compiler.owned(table, 's')}"
+                f" WHERE {compiler.own('r', 's')}"
                 f" AND {compiler.param_code(code, query.resource_types, 's.pid')})",
                 desc, filler=0 if kind in _NUMERIC else ""))
         # Ties go the first key's way, so a walk down a (value, id) index yields them in order.
@@ -366,7 +367,7 @@ class SearchService:
         after = "" if values is None else f" AND w.rid > {compiler.p(values[0])}"
         number = pid(query.resource_types[0], query.criteria[walk].code)
         sql = (f"SELECT r.resource_type, r.id, r.body, r.rid FROM idx_token w CROSS JOIN"
-               f" resource r WHERE w.pid = {compiler.p(number)}"
+               f" resource r WHERE w.pid = {number}"
                f" AND w.code = {compiler.p(value.code)} AND w.system = {compiler.p(value.system)}"
                f"{after} AND {where} ORDER BY w.rid LIMIT ")
         text, params = compiler.finish(sql)
@@ -422,7 +423,7 @@ class SearchService:
                 after = "" if values is None else (
                     f" AND ({alias}.{col}, {alias}.rid) {op}"
                     f" ({compiler.p(values[1])}, {compiler.p(values[2])})")
-                return f"{alias}.pid = {compiler.p(pid(rtype, code))}{after}"
+                return f"{alias}.pid = {pid(rtype, code)}{after}"
 
             walked, scope = "idx_date w", rows_of("w")
             if budget is not None:  # the first rows of the index in order
@@ -431,7 +432,8 @@ class SearchService:
                 scope = "1 = 1"
             sql = (f"SELECT r.resource_type, r.id, r.body, 0, w.{col}, w.rid"
                    f" FROM {walked} CROSS JOIN resource r"
-                   f" WHERE {scope} AND NOT EXISTS (SELECT 1 FROM idx_date s WHERE"
+                   f" WHERE {scope} AND NOT EXISTS (SELECT 1 FROM"
+                   f" {compiler.owned('idx_date', 's')} WHERE"
                    f" {compiler.own('w', 's')} AND s.pid = w.pid"
                    f" AND (s.{col} {better} w.{col}"
                    f" OR (s.{col} = w.{col} AND s.{other} {better} w.{other})))"
@@ -454,9 +456,10 @@ class SearchService:
             after = "" if values is None or values[0] == 0 else (
                 f" AND r.rid {op} {compiler.p(values[2])}")
             sql = (f"SELECT r.resource_type, r.id, r.body, 1, {compiler.p(0)}, r.rid"
-                   f" FROM resource r WHERE {where} AND NOT EXISTS (SELECT 1 FROM idx_date s"
+                   f" FROM resource r WHERE {where} AND NOT EXISTS (SELECT 1 FROM"
+                   f" {compiler.owned('idx_date', 's')}"
                    f" WHERE {compiler.own('r', 's')}"
-                   f" AND s.pid = {compiler.p(pid(rtype, code))}){after}"
+                   f" AND s.pid = {pid(rtype, code)}){after}"
                    f" ORDER BY r.rid {order} LIMIT {compiler.p(want - len(rows))}")
             rows += session.query(*compiler.finish(sql))
         return rows
