@@ -170,6 +170,37 @@ def test_a_system_and_value_identifier_leads_without_a_count_probe(
         assert [sql for sql in statements(loose) if sql.startswith("SELECT count")], loose
 
 
+def test_a_quantity_without_a_unit_is_not_probed_beside_another_criterion(
+        repository: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No look-up index bounds ``value-quantity=gt100`` (both start with a unit): beside a
+    code it is checked per row, never counted over every quantity row; with a unit it is
+    probed (its canonical look-up bounds it); the answers are the same."""
+    monkeypatch.setattr(planner, "_WORTH_A_RANGE_PROBE", 0)  # probe ranges behind any lead
+    monkeypatch.setattr(planner, "_SELECTIVE", 0)  # and after any count
+    service = ResourceService(repository)
+    for n, (code, value) in enumerate([("2339-0", 90), ("2339-0", 120), ("8480-6", 130)]):
+        service.update(SYSTEM, "Observation", f"q{n}", {
+            "resourceType": "Observation", "id": f"q{n}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "unit": "mg/dL",
+                              "system": "http://unitsofmeasure.org", "code": "mg/dL"}})
+    recording = RecordingRepository(repository)
+    search = SearchService(ResourceService(recording))  # type: ignore[arg-type]
+
+    def run(quantity: str) -> tuple[list[str], list[str]]:
+        recording.log.clear()
+        found = search.search(SYSTEM, "Observation", [
+            ("code", "http://loinc.org|2339-0"), ("value-quantity", quantity),
+            ("_total", "none")])
+        probes = [sql for sql, _ in recording.log
+                  if sql.startswith("SELECT count(*) FROM (SELECT i.rid FROM idx_quantity")]
+        return [m.id for m in found.matches], probes
+
+    assert run("gt100") == (["q1"], [])
+    ids, probes = run("gt100|http://unitsofmeasure.org|mg/dL")
+    assert ids == ["q1"] and probes
+
+
 def _recorded(repository: Repository) -> tuple[RecordingRepository, SearchService]:
     service = ResourceService(repository)
     for body in RESOURCES:
