@@ -257,13 +257,15 @@ class Compiler:
     def _targets(self, types: tuple[str, ...], sources: str, which: str) -> str:
         """The numbers of the resources of ``types`` that the ``which`` reference rows of
         the resources ``sources`` (a subquery of rids) point to (``_has``, ``_list``):
-        reference rows name their target by type and id, which may not exist (yet: NULL).
+        reference rows name their target by type and id, which may not exist (yet) or be
+        deleted (NULL then).
 
         The target is a correlated look-up, not a join: SQLite (3.38+) would build a Bloom
         filter for a joined ``resource`` by reading every row of the type first (a
         ``_has`` on 841 Conditions at 1M resources: 1,580 ms against 10 ms)."""
         return (f"SELECT (SELECT t.rid FROM resource t WHERE t.resource_type = i.target_type"
-                f" AND t.id = i.target_id) AS rid FROM ({sources}) s CROSS JOIN idx_reference i"
+                f" AND t.id = i.target_id AND NOT t.deleted) AS rid"
+                f" FROM ({sources}) s CROSS JOIN idx_reference i"
                 f" WHERE {self.own('s')} AND {which} AND {self.scope(types, 'i.target_type')}")
 
     def _span(self, criteria: tuple[Criterion, ...]) -> str:
