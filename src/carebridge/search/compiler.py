@@ -156,7 +156,7 @@ class Compiler:
                      f" AND i.rid IN ({self._lists(criterion)}){fence})")
         elif criterion.chain is not None:
             found = (f"EXISTS (SELECT 1 FROM {self.owned('idx_reference')} WHERE {own}"
-                     f" AND ({self._chain_branches(criterion)}){fence})")
+                     f" AND ({self._chain_branches(criterion, hashed=True)}){fence})")
         else:
             ors = " OR ".join(self._value(criterion, v) for v in criterion.values)
             found = (f"EXISTS (SELECT 1 FROM {self.owned(_TABLE[criterion.type])} WHERE {own}"
@@ -297,13 +297,21 @@ class Compiler:
         return (f"SELECT i.rid FROM idx_reference i WHERE {self.param_code(criterion.code, types)}"
                 f" AND ({self._chain_branches(criterion)})")
 
-    def _chain_branches(self, criterion: Criterion) -> str:
+    def _chain_branches(self, criterion: Criterion, hashed: bool = False) -> str:
+        """The reference rows whose target meets the chained criterion. ``hashed``: for a
+        check on one resource's rows; on PostgreSQL the targets' ids are then an array
+        found once per statement, not joined anew for every
+        resource checked (40 patients named like 'Kassulke' probed for each of 5,300 body
+        weights: 233 ms; found once, one probe per body weight)."""
         assert criterion.chain is not None
         branches = []
         for target in criterion.chain_types:
             inner = self.condition_ids(target, criterion.chain)
-            branches.append(f"(i.target_type = {self.p(target)} AND i.target_id IN"
-                            f" (SELECT c.id FROM resource c WHERE c.rid IN ({inner})))")
+            ids = f"SELECT c.id FROM resource c WHERE c.rid IN ({inner})"
+            # An uncorrelated ARRAY(...) is an InitPlan, run once per statement.
+            among = (f"= ANY(ARRAY({ids}))" if hashed and self.mark == "%s"
+                     else f"IN ({ids})")
+            branches.append(f"(i.target_type = {self.p(target)} AND i.target_id {among})")
         return " OR ".join(branches)
 
     def condition_ids(self, rtype: str, criterion: Criterion) -> str:
