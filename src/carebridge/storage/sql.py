@@ -114,6 +114,9 @@ def index_statements(writes: Sequence[Write], rids: Sequence[int],
             continue
         for table, rows in w.index.items():
             into = collected.setdefault(table, [])
+            if len(rows) > ROWS_PER_RESOURCE:  # 16.7M values of one type in one resource
+                raise ValueError(f"{w.version.resource_type}/{w.version.id} has {len(rows)}"
+                                 f" {table} index rows; at most {ROWS_PER_RESOURCE} are stored")
             if sqlite:
                 base = rid << ROW_BITS
                 into.extend([(base + n, rid, *row) for n, row in enumerate(rows)])
