@@ -350,7 +350,8 @@ def _start_demo_simulation(database: str, patients: int, rate: float) -> None:
         for column in ("patient", "scenario", "device flaws", "NEWS2", "band", "open alerts"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r["patient"][:8], r["scenario"], r["flaws"],
+            # the end of the id: server ids (UUID v7) of one load share their first digits
+            table.add_row(r["patient"][-12:], r["scenario"], r["flaws"],
                           "" if r["news2"] is None else str(r["news2"]), r["band"] or "",
                           r["alerts"])
         console.print(table)
