@@ -1,9 +1,9 @@
 """The search use case: parse, authorize, compile to SQL, run, page, include, shape a Bundle.
 
-Paging is by key (the sort keys of the last row seen plus the resource's type and id), so a
-page deep in a result set costs what the first does and stays stable while data is written.
-In the default order the keys are the primary key's columns and the keyset condition is a range
-on that index; sorting by a parameter computes its value once per matching resource (a sort
+Paging is by key (the sort keys of the last row seen plus the resource's number, ``rid``), so
+a page deep in a result set costs what the first does and stays stable while data is written.
+In the default order (by ``rid``, the order resources were created in) the keyset condition is
+a range on the resource table's (resource_type, rid) index; sorting by a parameter computes its value once per matching resource (a sort
 costs in proportion to the matches, on every page, as it would with OFFSET paging too).
 """
 
@@ -338,7 +338,7 @@ class SearchService:
                 f" WHERE {compiler.own('r', 's')}"
                 f" AND {compiler.param_code(code, query.resource_types, 's.pid')})",
                 desc, filler=0 if kind in _NUMERIC else ""))
-        # Ties go the first key's way, so a walk down a (value, id) index yields them in order.
+        # Ties go the first key's way, so a walk down a (value, rid) index yields them in order.
         tie = bool(query.sort) and query.sort[0][1]
         keys.append(_Key("r.rid", tie, plain=True))
         return keys
@@ -379,7 +379,7 @@ class SearchService:
                f"{after} AND {where} ORDER BY w.rid LIMIT ")
         text, params = compiler.finish(sql)
         # A resource with the code in two codings (different displays) has two rows, next
-        # to each other in id order: only the first counts. Dropped here rather than with a
+        # to each other in the walk's order: only the first counts. Dropped here rather than with a
         # per-row NOT EXISTS, which PostgreSQL, misjudging a code as rare, ran on the
         # lookup index (every row of the code once per row walked).
         want = query.count + 1
