@@ -3,8 +3,9 @@
 Paging is by key (the sort keys of the last row seen plus the resource's number, ``rid``), so
 a page deep in a result set costs what the first does and stays stable while data is written.
 In the default order (by ``rid``, the order resources were created in) the keyset condition is
-a range on the resource table's (resource_type, rid) index; sorting by a parameter computes its value once per matching resource (a sort
-costs in proportion to the matches, on every page, as it would with OFFSET paging too).
+a range on the resource table's (resource_type, rid) index; sorting by a parameter computes
+its value once per matching resource (a sort costs in proportion to the matches, on every
+page, as it would with OFFSET paging too).
 """
 
 from __future__ import annotations
