@@ -112,7 +112,7 @@ class Compiler:
     def own(self, alias: str, rows: str = "i") -> str:
         """The index rows (alias ``rows``) of the resource ``alias`` (anything with a
         ``rid`` column): on SQLite a range of the index table's rowids (rid * 2**24 + n,
-        migration 0011), on PostgreSQL its (rid, pid, ...) index."""
+        migration 0011), on PostgreSQL its (rid, pid) index."""
         return rows_of(rows, alias, self.mark == "?")
 
     def owned(self, table: str, rows: str = "i") -> str:

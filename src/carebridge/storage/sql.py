@@ -39,7 +39,7 @@ ROWS_PER_RESOURCE = 1 << ROW_BITS
 def rows_of(rows: str, resource: str, sqlite: bool) -> str:
     """SQL: the index rows (alias ``rows``) of the resource ``resource`` (any alias with a
     ``rid`` column): on SQLite a range of the index table's rowids, which its B-tree finds
-    (there is no index on ``rid``); on PostgreSQL the table's (rid, pid, ...) index."""
+    (there is no index on ``rid``); on PostgreSQL the table's (rid, pid) index."""
     if sqlite:
         return (f"{rows}.k BETWEEN {resource}.rid * {ROWS_PER_RESOURCE}"
                 f" AND {resource}.rid * {ROWS_PER_RESOURCE} + {ROWS_PER_RESOURCE - 1}")

@@ -5,7 +5,7 @@
 -- of its (type, parameter) pair (search_param.pid, fixed by the R4 package,
 -- carebridge.search.params). Written by tools/write_index_migrations.py.
 -- PostgreSQL: resource gets an identity column rid (numbers taken before the rows are
--- written, nextval over the sequence); index rows have a (rid, pid, ...) index to find a
+-- written, nextval over the sequence); index rows have a (rid, pid) index to find a
 -- resource's rows and check one criterion on it.
 
 CREATE TABLE search_param (
@@ -3060,7 +3060,7 @@ JOIN resource r ON r.resource_type = i.resource_type AND r.id = i.id
 JOIN search_param p ON p.resource_type = i.resource_type AND p.code = i.param;
 DROP TABLE idx_token;
 ALTER TABLE idx_token_keyed RENAME TO idx_token;
-CREATE INDEX idx_token_resource ON idx_token (rid, pid, code, system);
+CREATE INDEX idx_token_resource ON idx_token (rid, pid);
 
 CREATE TABLE idx_date_keyed (
     rid BIGINT  NOT NULL,
@@ -3075,7 +3075,7 @@ JOIN resource r ON r.resource_type = i.resource_type AND r.id = i.id
 JOIN search_param p ON p.resource_type = i.resource_type AND p.code = i.param;
 DROP TABLE idx_date;
 ALTER TABLE idx_date_keyed RENAME TO idx_date;
-CREATE INDEX idx_date_resource ON idx_date (rid, pid, low, high);
+CREATE INDEX idx_date_resource ON idx_date (rid, pid);
 
 CREATE TABLE idx_number_keyed (
     rid BIGINT  NOT NULL,
@@ -3130,7 +3130,7 @@ JOIN resource r ON r.resource_type = i.resource_type AND r.id = i.id
 JOIN search_param p ON p.resource_type = i.resource_type AND p.code = i.param;
 DROP TABLE idx_reference;
 ALTER TABLE idx_reference_keyed RENAME TO idx_reference;
-CREATE INDEX idx_reference_resource ON idx_reference (rid, pid, target_type, target_id);
+CREATE INDEX idx_reference_resource ON idx_reference (rid, pid);
 
 CREATE TABLE idx_uri_keyed (
     rid BIGINT  NOT NULL,
