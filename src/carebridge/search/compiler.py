@@ -21,14 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 from carebridge.fhir.errors import BadRequest
 from carebridge.search import terminology
 from carebridge.search.aliases import restricted, stored_as
 from carebridge.search.index import canonical, micros
-from carebridge.search.params import pid, pids
+from carebridge.search.params import pid, pids, types_of
 from carebridge.search.query import Criterion, Value
 from carebridge.search.values import normalize_string
 from carebridge.storage.sql import rows_of
@@ -58,14 +57,6 @@ def _uri_parents(uri: str) -> list[str]:
         head = f"{scheme}://{'/'.join(parts[:n])}".rstrip("/")
         found += [head, f"{head}/"]
     return list(dict.fromkeys(found))
-
-
-@cache
-def _types_of(code: str) -> tuple[str, ...]:
-    """Every resource type ``code`` applies to."""
-    from carebridge.search.params import numbering
-
-    return tuple(sorted({t for t, c in numbering() if c == code}))
 
 
 _SLOT = re.compile("\x00(\\d+)\x00")
@@ -188,7 +179,7 @@ class Compiler:
         or, for a restricted alias, those of the parameter it narrows whose target has the
         type (search.aliases; the other columns of the row are read through the alias of
         ``column``'s table)."""
-        types = tuple(types) or _types_of(code)
+        types = tuple(types) or types_of(code)
         narrowed: dict[tuple[str, str], list[str]] = {}
         plain: list[str] = []
         for rtype in types:
@@ -300,9 +291,9 @@ class Compiler:
     def _chain_branches(self, criterion: Criterion, hashed: bool = False) -> str:
         """The reference rows whose target meets the chained criterion. ``hashed``: for a
         check on one resource's rows; on PostgreSQL the targets' ids are then an array
-        found once per statement, not joined anew for every
-        resource checked (40 patients named like 'Kassulke' probed for each of 5,300 body
-        weights: 233 ms; found once, one probe per body weight)."""
+        found once per statement, not joined anew for every resource checked (40 patients
+        named like 'Kassulke' probed for each of 5,300 body weights: 233 ms; found once, one
+        probe per body weight)."""
         assert criterion.chain is not None
         branches = []
         for target in criterion.chain_types:

@@ -340,9 +340,9 @@ def _generate(runs: tuple[tuple[str, tuple[Branch, ...]], ...],
     follow`), without the Python calls that interpreting them took (a method call per
     branch and parameter, a loop over each branch's leaves, a list per step and per
     parameter): every write extracts, so this is on the ingest path (``index_rows`` of a
-    Synthea resource 28.3 -> 23.5 us). Generated source run by ``exec``, because no library compiles
-    FHIRPath to Python; it holds only names bound here and ``repr`` of JSON keys and
-    literals from the R4 definitions."""
+    Synthea resource 28.3 -> 23.5 us). Generated source run by ``exec``, because no library
+    compiles FHIRPath to Python; it holds only names bound here and ``repr`` of JSON keys
+    and literals from the R4 definitions."""
     env: dict[str, Any] = {}
     lines = ["def extract(resource):", "    out = {}"]
 

@@ -46,12 +46,16 @@ def pid(resource_type: str, code: str) -> int:
     return numbering()[(resource_type, code)]
 
 
+@cache
+def types_of(code: str) -> tuple[str, ...]:
+    """Every resource type ``code`` applies to, sorted."""
+    return tuple(sorted(t for t, c in numbering() if c == code))
+
+
 def pids(code: str, resource_types: Iterable[str]) -> list[int]:
     """The numbers of ``code`` on those of ``resource_types`` it applies to (in order);
     every type that has it when ``resource_types`` is empty."""
-    types = tuple(resource_types)
-    if not types:
-        return sorted(n for (_, c), n in numbering().items() if c == code)
+    types = tuple(resource_types) or types_of(code)
     return [n for n in (numbering().get((t, code)) for t in types) if n is not None]
 
 
@@ -63,7 +67,7 @@ def code_range(code: str) -> tuple[int, int]:
 
 
 def migration_sql() -> str:
-    """The ``search_param`` rows as one INSERT (tools/write_param_migration.py)."""
+    """The ``search_param`` rows as one INSERT (tools/write_index_migrations.py)."""
     rows = ",\n".join(f"({n}, '{rtype}', '{code}')"
                       for (rtype, code), n in sorted(numbering().items(), key=lambda p: p[1]))
     return f"INSERT INTO search_param (pid, resource_type, code) VALUES\n{rows};\n"
