@@ -15,6 +15,7 @@ from carebridge.events.outbox import OutboxRepository
 from carebridge.ingest.hl7v2.listener import MllpSettings, attach_listener
 from carebridge.monitoring.runtime import Monitoring, MonitoringSettings
 from carebridge.monitoring.workers import attach_workers
+from carebridge.search import index
 from carebridge.security.authority import Authority
 from carebridge.security.crypto import cipher_of, open_data_repository
 from carebridge.security.policy import AccessPolicy, AllowAll, SmartPolicy
@@ -83,6 +84,7 @@ def build_stores(settings: Settings) -> Stores:
         policy = SmartPolicy()
     validation = WriteValidation(repository, settings.validation)
     validation.warm_up()
+    index.warm_up()
     service = ResourceService(repository, policy=policy, validation=validation)
     return Stores(repository, authority, policy, service)
 

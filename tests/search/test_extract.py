@@ -768,3 +768,18 @@ def test_a_synthea_bundle_extracts(caplog: pytest.LogCaptureFixture) -> None:
                 TokenValue("http://hl7.org/fhir/observation-status", resource["status"])
             ]
     assert caplog.records == []
+
+
+def test_warm_up_compiles_every_resource_type_before_any_write() -> None:
+    extract_module = importlib.import_module("carebridge.search.extract")
+    extract_module._stored_plan.cache_clear()
+    from carebridge.search.index import warm_up
+
+    warm_up().join(timeout=60)
+    info = extract_module._stored_plan.cache_info()
+    assert info.currsize == len(registry.resource_types()) == 146
+    # A write after the warm-up finds its type's plan compiled (keys in an order no other
+    # test uses, so its extraction function is generated now, from that plan).
+    before = extract_module._stored_plan.cache_info().hits
+    extract_stored({"status": "final", "id": "warm", "resourceType": "Observation"})
+    assert extract_module._stored_plan.cache_info().hits > before

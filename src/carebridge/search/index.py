@@ -10,12 +10,14 @@ implicit precision range; quantities also carry a canonical UCUM form (``canon_*
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from carebridge.search.extract import extract_stored
+from carebridge.fhir import registry
+from carebridge.search.extract import compile_all, extract_stored
 from carebridge.search.params import pids_of
 from carebridge.search.values import (
     CompositeValue,
@@ -36,6 +38,19 @@ UCUM = "http://unitsofmeasure.org"
 _MICRO = timedelta(microseconds=1)
 
 
+def _prepare() -> None:
+    compile_all()
+    for resource_type in registry.resource_types():
+        pids_of(resource_type)
+
+
+def warm_up() -> threading.Thread:
+    """Compile the extractors and parameter numbers of every resource type in a background
+    thread, so a new server's first writes do not pay for it (the validator warms up the
+    same way: :meth:`carebridge.services.validation.WriteValidation.warm_up`)."""
+    thread = threading.Thread(target=_prepare, name="search-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def micros(moment: datetime) -> int:
