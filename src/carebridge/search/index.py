@@ -31,7 +31,7 @@ from carebridge.search.values import (
     UriValue,
     normalize_string,
 )
-from carebridge.storage.sql import INDEX_TABLES, Rows
+from carebridge.storage.sql import Rows
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UCUM = "http://unitsofmeasure.org"
@@ -122,48 +122,73 @@ def index_rows(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` by table; rows start with the parameter's number
     (carebridge.search.params); the session writing them puts the resource's in front."""
     pids = pids_of(resource["resourceType"])
-    rows: Rows = {table: [] for table in INDEX_TABLES}
-    tokens, strings, dates = rows["idx_token"], rows["idx_string"], rows["idx_date"]
-    references, quantities = rows["idx_reference"], rows["idx_quantity"]
-    numbers, uris, composites = rows["idx_number"], rows["idx_uri"], rows["idx_composite"]
-    # The commonest kinds of value first: this loop runs for every index row of every write.
+    tokens: list[tuple[Any, ...]] = []
+    references: list[tuple[Any, ...]] = []
+    dates: list[tuple[Any, ...]] = []
+    others: Rows = {}
+    # The commonest kinds of value first, tested by exact type (the value classes have no
+    # subclasses): this loop runs for every index row of every write.
     for code, values in extract_stored(resource).items():
         pid = pids[code]
         texts: set[str] | None = None
         for value in values:  # extract_stored has removed duplicates
-            if isinstance(value, TokenValue):
+            if type(value) is TokenValue:
                 text = value.text
-                if text and value.code is None and value.system is None:
-                    # A CodeableConcept.text equal to one of its codings' display adds
-                    # nothing: :text finds it in the coding's row.
-                    if texts is None:
-                        texts = {normalize_string(v.text) for v in values
-                                 if isinstance(v, TokenValue) and v.code is not None and v.text}
-                    if normalize_string(text) in texts:
-                        continue
-                tokens.append((pid, value.system, value.code,
-                               normalize_string(text) if text else None,
-                               value.type_system, value.type_code))
-            elif isinstance(value, ReferenceValue):
+                if text:
+                    if value.code is None and value.system is None:
+                        # A CodeableConcept.text equal to one of its codings' display adds
+                        # nothing: :text finds it in the coding's row.
+                        if texts is None:
+                            texts = {normalize_string(v.text) for v in values
+                                     if type(v) is TokenValue and v.code is not None
+                                     and v.text}
+                        norm = normalize_string(text)
+                        if norm in texts:
+                            continue
+                    else:
+                        norm = normalize_string(text)
+                    tokens.append((pid, value.system, value.code, norm,
+                                   value.type_system, value.type_code))
+                else:
+                    tokens.append((pid, value.system, value.code, None,
+                                   value.type_system, value.type_code))
+            elif type(value) is ReferenceValue:
                 ident = value.identifier
-                references.append((
-                    pid, value.target_type, value.target_id, value.version,
-                    value.url, ident.system if ident else None, ident.code if ident else None,
-                ))
-            elif isinstance(value, DateValue):
-                dates.append((pid, micros(value.start), micros(value.end)))
-            elif isinstance(value, StringValue):
-                strings.append((pid, value.normalized, value.value))
-            elif isinstance(value, CompositeValue):
-                composites.extend((pid, *row) for row in _composite_rows(value))
-            elif isinstance(value, QuantityValue):
-                quantities.append((
-                    pid, value.system, value.code, _float(value.value),
-                    _float(value.low), _float(value.high), *_ucum(value),
-                ))
-            elif isinstance(value, NumberValue):
-                numbers.append((pid, float(value.low), float(value.high),
-                                float(value.value)))
-            elif isinstance(value, UriValue):
-                uris.append((pid, value.value))
-    return {table: found for table, found in rows.items() if found}
+                if ident is None:
+                    references.append((pid, value.target_type, value.target_id,
+                                       value.version, value.url, None, None))
+                else:
+                    references.append((pid, value.target_type, value.target_id,
+                                       value.version, value.url, ident.system, ident.code))
+            elif type(value) is DateValue:
+                dates.append((pid, (value.start - EPOCH) // _MICRO,
+                              (value.end - EPOCH) // _MICRO))
+            else:
+                _other(others, pid, value)
+    if tokens:
+        others["idx_token"] = tokens
+    if references:
+        others["idx_reference"] = references
+    if dates:
+        others["idx_date"] = dates
+    return others
+
+
+def _other(rows: Rows, pid: int, value: IndexValue) -> None:
+    """The row of a value of the rarer kinds, added to ``rows``."""
+    if isinstance(value, StringValue):
+        rows.setdefault("idx_string", []).append((pid, value.normalized, value.value))
+    elif isinstance(value, CompositeValue):
+        found = [(pid, *row) for row in _composite_rows(value)]
+        if found:
+            rows.setdefault("idx_composite", []).extend(found)
+    elif isinstance(value, QuantityValue):
+        rows.setdefault("idx_quantity", []).append((
+            pid, value.system, value.code, _float(value.value),
+            _float(value.low), _float(value.high), *_ucum(value),
+        ))
+    elif isinstance(value, NumberValue):
+        rows.setdefault("idx_number", []).append(
+            (pid, float(value.low), float(value.high), float(value.value)))
+    elif isinstance(value, UriValue):
+        rows.setdefault("idx_uri", []).append((pid, value.value))
