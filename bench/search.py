@@ -70,6 +70,7 @@ import re
 import shlex
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -642,6 +643,11 @@ class IngestCost:
         """What index extraction adds (the issue's target)."""
         return self.extract / self.off - 1
 
+    def by_round(self, times: list[float]) -> list[float]:
+        """Each round's ratio to its own "off" run, minus one (a round runs the variants
+        back to back, so its ratio is not moved by slow and fast phases of the machine)."""
+        return [t / o - 1 for t, o in zip(times, self.off_seconds, strict=True)]
+
     def as_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "bundles": self.bundles, "resources": self.resources,
                 "indexing_on_seconds": [round(s, 3) for s in self.on_seconds],
@@ -651,6 +657,9 @@ class IngestCost:
                 "extraction_only_seconds": [round(s, 3) for s in self.extract_seconds],
                 "extraction_only_per_second": round(self.resources / self.extract, 1),
                 "extraction_overhead": round(self.extraction_overhead, 4),
+                "extraction_overhead_by_round": [
+                    round(r, 4) for r in self.by_round(self.extract_seconds)],
+                "overhead_by_round": [round(r, 4) for r in self.by_round(self.on_seconds)],
                 "overhead": round(self.overhead, 4), "target_overhead": INDEX_COST_TARGET,
                 "meets_target": self.extraction_overhead <= INDEX_COST_TARGET,
                 "extraction_seconds_in_process": round(self.extraction_seconds, 3),
@@ -2185,12 +2194,11 @@ def run_backend(backend: str, args: argparse.Namespace, files: Sequence[Path],
               f"   target <= {INDEX_COST_TARGET:.0%}"
               f"  {_mark(cost.extraction_overhead <= INDEX_COST_TARGET)}")
         print(f"  indexing in all (extraction and index rows) adds {cost.overhead:6.1%}")
-        print("  by round: extraction "
-              + ", ".join(f"{e / o - 1:+.0%}" for e, o in zip(cost.extract_seconds,
-                                                             cost.off_seconds, strict=True))
-              + "; in all "
-              + ", ".join(f"{n / o - 1:+.0%}" for n, o in zip(cost.on_seconds,
-                                                             cost.off_seconds, strict=True)))
+        extraction, in_all = cost.by_round(cost.extract_seconds), cost.by_round(cost.on_seconds)
+        print(f"  by round: extraction {', '.join(f'{r:+.0%}' for r in extraction)}"
+              f" (median {statistics.median(extraction):+.1%}); in all"
+              f" {', '.join(f'{r:+.0%}' for r in in_all)}"
+              f" (median {statistics.median(in_all):+.1%})")
         print(f"  (index_rows() alone, in-process, warm, over the same resources: "
               f"{cost.extraction_seconds:.2f} s = {cost.extraction_seconds / cost.on:.1%}"
               f" of the indexed ingest time; inside a write it costs more, since it shares"
