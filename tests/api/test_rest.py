@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from tests.conftest import backend_of
 
 from carebridge.fhir.subsetting import SUBSETTED
 
@@ -43,6 +44,33 @@ def test_create_assigns_id_version_and_headers(client: TestClient) -> None:
     assert response.headers["location"].endswith(f"/fhir/Patient/{created['id']}/_history/1")
     modified = parsedate_to_datetime(response.headers["last-modified"])
     assert abs(modified.timestamp() - _instant(created["meta"]["lastUpdated"])) < 1
+
+
+def test_reads_by_id_skip_the_worker_thread_on_sqlite_only(
+        client: TestClient, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import carebridge.api.fhir_routes as routes
+
+    handed: list[str] = []
+    hand_over = routes.run_in_threadpool
+
+    async def recording(func: Any, *args: Any) -> Any:
+        handed.append(getattr(func, "__name__", "?"))
+        return await hand_over(func, *args)
+
+    monkeypatch.setattr(routes, "run_in_threadpool", recording)
+    created = create(client)
+    handed.clear()
+    read = client.get(f"/fhir/Patient/{created['id']}")
+    vread = client.get(f"/fhir/Patient/{created['id']}/_history/1")
+    missing = client.get("/fhir/Patient/no-such-patient")
+    found = client.get("/fhir/Patient?family=Chalmers")
+    assert read.json() == vread.json() == created
+    assert missing.status_code == 404  # errors raised on the loop answer as before
+    assert found.json()["total"] == 1
+    if backend_of(database_url) == "sqlite":
+        assert handed == ["<lambda>"]  # the search only: reads ran on the event loop
+    else:  # PostgreSQL reads wait on the network: the loop serves others meanwhile
+        assert handed == ["read", "vread", "read", "<lambda>"]
 
 
 def _instant(text: str) -> float:
