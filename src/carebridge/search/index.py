@@ -161,8 +161,7 @@ def index_rows(resource: dict[str, Any]) -> Rows:
                     references.append((pid, value.target_type, value.target_id,
                                        value.version, value.url, ident.system, ident.code))
             elif type(value) is DateValue:
-                dates.append((pid, (value.start - EPOCH) // _MICRO,
-                              (value.end - EPOCH) // _MICRO))
+                dates.append((pid, micros(value.start), micros(value.end)))
             else:
                 _other(others, pid, value)
     if tokens:
